@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from t2i_router.errors import RouterError
 from t2i_router.imageio import ImageFileError, load_png, save_png
+from t2i_router.triton.cli import add_triton_parser
 from t2i_router.world import (
     ASPECTS,
     COMPLEXITY_LEVELS,
@@ -162,12 +164,113 @@ def _wrap(text: str, width: int) -> list[str]:
     return [*lines, line]
 
 
+DEFAULT_MODELS_DIR = "models"
+
+
+def cmd_engines_train(args: argparse.Namespace) -> None:
+    from t2i_router.engines import ENGINES
+    from t2i_router.engines.training import TrainConfig, Trainer, TrainingError
+
+    config = ENGINES[args.engine]
+    out_dir = Path(args.models_dir) / args.engine
+    train_cfg = TrainConfig(batch_size=args.batch_size, threads=args.threads)
+    trainer = Trainer(config, out_dir, train_cfg, cache_dir=Path(args.cache_dir))
+    try:
+        if args.resume:
+            trainer.load_checkpoint()
+        elif (out_dir / "train_state.pt").exists():
+            raise CliError(f"{out_dir / 'train_state.pt'} exists: pass --resume, or remove it")
+        result = trainer.run(minutes=args.minutes, max_steps=args.max_steps)
+    except TrainingError as e:
+        raise CliError(str(e)) from e
+    print(json.dumps({"engine": args.engine, "step": result["step"], "out_dir": str(out_dir)}))
+
+
+def cmd_engines_generate(args: argparse.Namespace) -> None:
+    from t2i_router.engines import Engine, SamplingError, WeightsNotFoundError
+
+    prompts = _read_prompts(args.prompts_file)
+    try:
+        engine = Engine.load(Path(args.models_dir) / args.engine)
+        images = engine.generate(
+            prompts,
+            [args.seed + i for i in range(len(prompts))],
+            steps=args.steps,
+            guidance=args.guidance,
+        )
+    except (WeightsNotFoundError, SamplingError) as e:
+        raise CliError(str(e)) from e
+    out_dir = Path(args.out_dir)
+    for i, image in enumerate(images):
+        save_png(image, out_dir / f"{i:04d}.png", scale=args.scale)
+    print(f"wrote {len(images)} images to {out_dir}")
+
+
+def cmd_engines_report(args: argparse.Namespace) -> None:
+    from t2i_router.engines import Engine, TextEncoder, WeightsNotFoundError
+    from t2i_router.engines.report import (
+        quality_report,
+        report_grid,
+        report_table,
+        untrained_engine,
+    )
+
+    encoder = TextEncoder()
+    try:
+        engines = {
+            name: Engine.load(Path(args.models_dir) / name, encoder)
+            for name in ("edge_small", "cloud_large")
+        }
+    except WeightsNotFoundError as e:
+        raise CliError(f"{e}; train it first with `t2i-router engines train`") from e
+    untrained = {name: untrained_engine(e.config, encoder) for name, e in engines.items()}
+    report, pairs, images = quality_report(engines, args.n, args.seeds, untrained=untrained)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "engines_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = report_table(report)
+    goals = "\n".join(f"- {k}: {'yes' if v else 'NO'}" for k, v in report.get("goals", {}).items())
+    (out / "engines_report.md").write_text(
+        f"# Engine quality report\n\n{report['n_prompts']} held-out prompts x "
+        f"{report['seeds_per_prompt']} seeds, mean alignment. Regenerate: "
+        f"`t2i-router engines report --n {args.n} --seeds {args.seeds}`.\n\n{table}\n"
+        f"Goals:\n{goals}\n\n![grid](engines_report.png)\n"
+    )
+    report_grid(pairs, images, out / "engines_report.png")
+    print(table, end="")
+    print(goals)
+
+
+def cmd_engines_card(args: argparse.Namespace) -> None:
+    from t2i_router.engines import WeightsNotFoundError
+    from t2i_router.engines.report import write_model_card
+
+    try:
+        card = write_model_card(Path(args.models_dir) / args.engine)
+    except WeightsNotFoundError as e:
+        raise CliError(str(e)) from e
+    print(json.dumps({"engine": card["name"], "cost": card["cost"]}))
+
+
+def cmd_engines_export(args: argparse.Namespace) -> None:
+    from t2i_router.engines import WeightsNotFoundError, load_denoiser
+    from t2i_router.engines.export import ONNX_FILE, export_onnx
+
+    engine_dir = Path(args.models_dir) / args.engine
+    try:
+        model, _ = load_denoiser(engine_dir)
+    except WeightsNotFoundError as e:
+        raise CliError(str(e)) from e
+    print(export_onnx(model, engine_dir / ONNX_FILE))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t2i-router", description="Route text-to-image prompts between edge and cloud."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_triton_parser(sub)
 
     world = sub.add_parser("world", help="the miniature world: prompts and ground-truth renders")
     wsub = world.add_subparsers(dest="world_command", required=True)
@@ -193,6 +296,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_world_demo)
 
+    engines = sub.add_parser("engines", help="the edge_small and cloud_large diffusion engines")
+    esub = engines.add_subparsers(dest="engines_command", required=True)
+    p = esub.add_parser("train", help="train an engine on rendered scenes (resumable)")
+    p.add_argument("engine", choices=("edge_small", "cloud_large"))
+    p.add_argument("--minutes", type=float, help="train this long in this call")
+    p.add_argument("--max-steps", type=_positive_int, help="stop at this many steps in all")
+    p.add_argument("--resume", action="store_true", help="continue from train_state.pt")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--threads", type=_non_negative_int, default=0, help="0 = torch default")
+    p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
+    p.add_argument("--cache-dir", default=".cache", help="prompt-encoding cache (default .cache)")
+    p.set_defaults(func=cmd_engines_train)
+
+    p = esub.add_parser("generate", help="generate one PNG per line of a prompts file")
+    p.add_argument("--engine", required=True, help="edge_small or cloud_large")
+    p.add_argument("--prompts-file", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; +1 per line")
+    p.add_argument("--steps", type=int, help="DDIM steps (default: the engine's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the engine's)")
+    p.add_argument("--scale", type=_positive_int, default=1, help="integer upscale (default 1)")
+    p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
+    p.set_defaults(func=cmd_engines_generate)
+
+    p = esub.add_parser("report", help="score both engines on held-out prompts (JSON, table, grid)")
+    p.add_argument("--n", type=_positive_int, default=500, help="prompts (default 500)")
+    p.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt (default 2)")
+    p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
+    p.add_argument("--out-dir", default="docs", help="default: docs")
+    p.set_defaults(func=cmd_engines_report)
+
+    for name, func, text in (
+        ("card", cmd_engines_card, "measure cost and write the model card"),
+        ("export", cmd_engines_export, "export the UNet to ONNX (model.onnx)"),
+    ):
+        p = esub.add_parser(name, help=text)
+        p.add_argument("engine", help="edge_small or cloud_large")
+        p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
+        p.set_defaults(func=func)
+
     p = sub.add_parser("score", help="print an image's quality vector against a prompt, as JSON")
     p.add_argument("--prompt", required=True, help="the prompt the image was made for")
     p.add_argument("image", help="PNG, 32x32 or an integer upscale of it")
@@ -211,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except CliError as e:
+    except (CliError, RouterError) as e:
         print(f"t2i-router: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,134 @@
+"""A trained engine: denoiser weights, its config, and the text encoder; generates images."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from t2i_router.engines.sampler import DenoiseFn, SamplingError, check_sampling, ddim_sample
+from t2i_router.engines.text_encoder import TextEncoder
+from t2i_router.engines.unet import Denoiser, EngineConfig
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "model_card.json"
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """An engine folder lacks its config or weights."""
+
+
+def save_engine(model: Denoiser, config: EngineConfig, out_dir: str | Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (float32) into ``out_dir``."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / WEIGHTS_FILE))
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return out_dir
+
+
+def load_denoiser(engine_dir: str | Path) -> tuple[Denoiser, EngineConfig]:
+    """Load an engine folder written by :func:`save_engine`."""
+    from safetensors.torch import load_file
+
+    engine_dir = Path(engine_dir)
+    config_path, weights_path = engine_dir / CONFIG_FILE, engine_dir / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.exists():
+            raise WeightsNotFoundError(f"engine weights missing: {path} does not exist")
+    config = EngineConfig.from_dict(json.loads(config_path.read_text()))
+    model = Denoiser(config.unet)
+    model.load_state_dict(load_file(str(weights_path)))
+    return model.eval(), config
+
+
+@dataclass
+class PromptCondition:
+    """Encoded prompts plus the empty prompt used as the guidance null condition."""
+
+    tokens: torch.Tensor  # (B, L, D)
+    mask: torch.Tensor  # (B, L)
+    null_tokens: torch.Tensor  # (1, L, D)
+    null_mask: torch.Tensor  # (1, L)
+
+
+def encode_prompts(encoder: TextEncoder, prompts: Sequence[str]) -> PromptCondition:
+    tokens, mask = encoder.encode([*prompts, ""])
+    t, m = torch.from_numpy(tokens), torch.from_numpy(mask)
+    return PromptCondition(t[:-1], m[:-1], t[-1:], m[-1:])
+
+
+class Engine:
+    """Generate images with one engine in-process (torch, or any denoise function)."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        denoise: DenoiseFn,
+        encoder: TextEncoder | None = None,
+    ) -> None:
+        self.config = config
+        self.denoise = denoise
+        self.encoder = encoder or TextEncoder()
+
+    @classmethod
+    def load(cls, engine_dir: str | Path, encoder: TextEncoder | None = None) -> Engine:
+        model, config = load_denoiser(engine_dir)
+        return cls(config, model, encoder)
+
+    def resolve(self, steps: int | None, guidance: float | None) -> tuple[int, float]:
+        """Fill defaults and validate; raises :class:`SamplingError` quoting a bad value."""
+        steps = self.config.default_steps if steps is None else steps
+        guidance = self.config.default_guidance if guidance is None else guidance
+        check_sampling(steps, guidance, self.config.max_steps)
+        return int(steps), float(guidance)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int | None = None,
+        guidance: float | Sequence[float] | None = None,
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """(B, 32, 32, 3) uint8 images; one seed per prompt; any text is accepted."""
+        if len(prompts) != len(seeds):
+            raise SamplingError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if guidance is None or np.isscalar(guidance):
+            steps, g = self.resolve(steps, guidance)  # type: ignore[arg-type]
+            scales = np.full(len(prompts), g)
+        else:
+            scales = np.asarray(guidance, dtype=np.float64)
+            steps = self.resolve(steps, float(scales.min()) if len(scales) else None)[0]
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            stop = start + batch_size
+            cond = encode_prompts(self.encoder, prompts[start:stop])
+            out.append(
+                ddim_sample(
+                    self.denoise,
+                    cond.tokens,
+                    cond.mask,
+                    cond.null_tokens,
+                    cond.null_mask,
+                    seeds[start:stop],
+                    steps,
+                    scales[start:stop],
+                    self.config.num_train_timesteps,
+                    self.config.max_steps,
+                )
+            )
+        if not out:
+            return np.zeros((0, 32, 32, 3), np.uint8)
+        return np.concatenate(out)

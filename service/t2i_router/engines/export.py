@@ -1,0 +1,96 @@
+"""Export a denoiser to ONNX (dynamic batch) and run it with ONNX Runtime on the CPU.
+
+The ONNX graph has the :class:`~t2i_router.engines.unet.Denoiser` signature:
+``sample (B, 3, 32, 32) f32, timestep (B,) i64, tokens (B, L, 384) f32, mask (B, L) f32 ->
+velocity (B, 3, 32, 32) f32``. The same graph feeds the TensorRT builder on GPUs
+(:mod:`t2i_router.engines.tensorrt`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from t2i_router.engines.text_encoder import EMBED_DIM, MAX_TOKENS
+from t2i_router.engines.unet import Denoiser
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+INPUT_NAMES = ("sample", "timestep", "tokens", "mask")
+OUTPUT_NAME = "velocity"
+OPSET = 18
+
+
+def export_onnx(model: Denoiser, path: str | Path, max_tokens: int = MAX_TOKENS) -> Path:
+    """Write ``model`` as ONNX with a dynamic batch axis; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    b = 2
+    example = (
+        torch.randn(b, 3, 32, 32),
+        torch.randint(0, 1000, (b,), dtype=torch.int64),
+        torch.randn(b, max_tokens, EMBED_DIM),
+        torch.ones(b, max_tokens),
+    )
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic_shapes = {
+        "sample": {0: batch},
+        "timestep": {0: batch},
+        "tokens": {0: batch},
+        "mask": {0: batch},
+    }
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(
+            model,
+            example,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic_shapes,
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+        )
+    program.save(str(path))
+    log.info("exported %s", path)
+    return path
+
+
+class OnnxDenoiser:
+    """ONNX Runtime session behind the denoiser signature (torch in, torch out)."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no ONNX model at {path}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = path
+        # A graph may drop an input it never reads (cross-attention models ignore the mask).
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        feeds = {
+            "sample": sample.numpy().astype(np.float32, copy=False),
+            "timestep": timestep.numpy().astype(np.int64, copy=False),
+            "tokens": tokens.numpy().astype(np.float32, copy=False),
+            "mask": mask.numpy().astype(np.float32, copy=False),
+        }
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        (out,) = self.session.run([OUTPUT_NAME], feeds)
+        return torch.from_numpy(out)

@@ -1,0 +1,260 @@
+"""Measure the engines: quality per complexity (the routing gap), cost, and model cards.
+
+``t2i-router engines report`` writes ``docs/engines_report.json``, a per-complexity table in
+``docs/engines_report.md`` and a grid ``docs/engines_report.png`` (rows: ground truth, edge,
+cloud). ``t2i-router engines card`` measures each engine's cost and writes its model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from t2i_router.engines.engine import CARD_FILE, Engine, load_denoiser
+from t2i_router.engines.text_encoder import TextEncoder
+from t2i_router.engines.unet import Denoiser, EngineConfig
+from t2i_router.world import (
+    ASPECTS,
+    COMPLEXITY_LEVELS,
+    mean_alignment,
+    render,
+    sample_prompts,
+    score_images,
+)
+
+log = logging.getLogger(__name__)
+
+REPORT_SEED = 999_000  # prompts never used in training (training uses data_seed 1000)
+
+
+def _per_level(values: np.ndarray, levels: np.ndarray) -> dict[str, float]:
+    out = {lv: round(float(values[levels == lv].mean()), 4) for lv in COMPLEXITY_LEVELS}
+    out["all"] = round(float(values.mean()), 4)
+    return out
+
+
+def quality_report(
+    engines: dict[str, Engine],
+    n: int = 500,
+    seeds_per_prompt: int = 2,
+    seed: int = REPORT_SEED,
+    untrained: dict[str, Engine] | None = None,
+) -> tuple[dict, list[tuple[str, object]], dict[str, np.ndarray]]:
+    """Score each engine on ``n`` held-out prompts (balanced over complexity).
+
+    Returns the report dict, the prompts, and the first seed's images per engine.
+    """
+    per_level = max(1, n // len(COMPLEXITY_LEVELS))
+    pairs = [
+        p
+        for i, lv in enumerate(COMPLEXITY_LEVELS)
+        for p in sample_prompts(per_level, seed=seed + i, complexity=lv)
+    ]
+    texts = [t for t, _ in pairs]
+    specs = [s for _, s in pairs]
+    levels = np.array([s.complexity for s in specs])
+    report: dict = {"n_prompts": len(pairs), "seeds_per_prompt": seeds_per_prompt, "engines": {}}
+    align: dict[str, np.ndarray] = {}
+    first_images: dict[str, np.ndarray] = {}
+    for name, engine in {
+        **engines,
+        **{f"{k}_untrained": v for k, v in (untrained or {}).items()},
+    }.items():
+        t0 = time.monotonic()
+        scores = []
+        for k in range(seeds_per_prompt):
+            images = engine.generate(texts, [k * 1_000_003 + i for i in range(len(texts))])
+            if k == 0:
+                first_images[name] = images
+            scores.append(score_images(images, specs))
+        q = np.mean(scores, axis=0)  # (N, K), mean over seeds
+        align[name] = mean_alignment(q)
+        report["engines"][name] = {
+            "mean_alignment": _per_level(align[name], levels),
+            "aspects": {a: round(float(np.nanmean(q[:, i])), 4) for i, a in enumerate(ASPECTS)},
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        log.info("%s: %s", name, report["engines"][name]["mean_alignment"])
+    if "edge_small" in align and "cloud_large" in align:
+        gap = align["cloud_large"] - align["edge_small"]
+        edge_ok = align["edge_small"] >= align["cloud_large"]
+        report["gap"] = {
+            "cloud_minus_edge": _per_level(gap, levels),
+            "edge_at_least_as_good": _per_level(edge_ok.astype(float), levels),
+        }
+        g = report["gap"]["cloud_minus_edge"]
+        report["goals"] = {
+            "cloud_beats_edge_by_0.15": g["all"] >= 0.15,
+            "edge_as_good_on_20_to_60_percent": 0.2
+            <= report["gap"]["edge_at_least_as_good"]["all"]
+            <= 0.6,
+            "gap_grows_with_complexity": g["relation"] > g["single"] and g["pair"] > g["single"],
+        }
+        for name in ("edge_small", "cloud_large"):
+            base = f"{name}_untrained"
+            if base in align:
+                report["goals"][f"{name}_beats_untrained_by_0.2"] = bool(
+                    align[name].mean() - align[base].mean() >= 0.2
+                )
+    return report, pairs, first_images
+
+
+def report_table(report: dict) -> str:
+    """Markdown table: mean alignment per engine and complexity, and the gap."""
+    cols = [*COMPLEXITY_LEVELS, "all"]
+    lines = ["| engine | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in report["engines"].items():
+        lines.append(
+            f"| {name} | " + " | ".join(f"{r['mean_alignment'][c]:.3f}" for c in cols) + " |"
+        )
+    if "gap" in report:
+        for key, label in (
+            ("cloud_minus_edge", "cloud - edge"),
+            ("edge_at_least_as_good", "share edge >= cloud"),
+        ):
+            vals = report["gap"][key]
+            lines.append(f"| {label} | " + " | ".join(f"{vals[c]:.3f}" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report_grid(
+    pairs: Sequence[tuple[str, object]], images: dict[str, np.ndarray], path: Path, n: int = 8
+) -> Path:
+    """PNG grid: for n prompts (spread over complexity), ground truth, edge, cloud."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = np.linspace(0, len(pairs) - 1, n).round().astype(int)
+    rows = [("ground truth", np.stack([render(pairs[i][1], 0) for i in idx]))]
+    rows += [(name, images[name][idx]) for name in ("edge_small", "cloud_large") if name in images]
+    fig, axes = plt.subplots(len(rows), n, figsize=(2.0 * n, 2.2 * len(rows) + 0.8))
+    axes = np.asarray(axes).reshape(len(rows), n)
+    for r, (label, imgs) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(imgs[c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                words = pairs[idx[c]][0].split()
+                ax.set_title(
+                    "\n".join(" ".join(words[k : k + 4]) for k in range(0, len(words), 4)),
+                    fontsize=6,
+                )
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def measure_cost(engine: Engine, repeats: int = 3) -> dict:
+    """FLOPs per image at the default steps (guided: two UNet passes per step) and latency."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = engine.denoise
+    cfg = engine.config
+    x = torch.randn(1, 3, 32, 32)
+    t = torch.full((1,), 500, dtype=torch.int64)
+    tokens = torch.randn(1, 24, 384)
+    mask = torch.ones(1, 24)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t, tokens, mask)
+    unet_flops = counter.get_total_flops()
+    out = {
+        "default_steps": cfg.default_steps,
+        "unet_flops_per_pass": int(unet_flops),
+        "flops_per_image": int(unet_flops * 2 * cfg.default_steps),
+        "latency_s_per_image": {},
+    }
+    prompts = [t for t, _ in sample_prompts(32, seed=5)]
+    for batch in (1, 32):
+        engine.generate(prompts[:batch], list(range(batch)))  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            engine.generate(prompts[:batch], list(range(batch)))
+            best = min(best, time.perf_counter() - t0)
+        out["latency_s_per_image"][f"batch_{batch}"] = round(best / batch, 4)
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def write_model_card(engine_dir: Path, encoder: TextEncoder | None = None) -> dict:
+    """Measure cost and write ``model_card.json`` + ``MODEL_CARD.md`` from the training state."""
+    model, config = load_denoiser(engine_dir)
+    engine = Engine(config, model, encoder)
+    state_path = engine_dir / "train_state.pt"
+    train = {}
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False, map_location="cpu")
+        train = {
+            "steps": state["step"],
+            "train_minutes": round(state["train_seconds"] / 60.0, 1),
+            "data_seed": state["train"]["data_seed"],
+            "batch_size": state["train"]["batch_size"],
+            "final_loss_ema": state["loss_ema"],
+            "learning_curve": state["curve"],
+            "recipe": state["train"],
+        }
+    card = {
+        "name": config.name,
+        "config": config.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "training": train,
+        "cost": measure_cost(engine),
+    }
+    (engine_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    (engine_dir / "MODEL_CARD.md").write_text(_card_markdown(card))
+    return card
+
+
+def _card_markdown(card: dict) -> str:
+    tr = card["training"]
+    cost = card["cost"]
+    lines = [
+        f"# {card['name']}",
+        "",
+        f"Pixel-space text-to-image diffusion UNet (32x32 RGB), {card['parameters']:,} parameters, "
+        f"conditioning `{card['config']['unet']['conditioning']}`, channels "
+        f"{card['config']['unet']['block_out_channels']}. Trained here on rendered scenes of the "
+        "miniature world with `t2i-router engines train`.",
+        "",
+        f"- steps trained: {tr.get('steps', 0)} (batch {tr.get('batch_size', '-')}), "
+        f"{tr.get('train_minutes', 0)} training minutes, data seed {tr.get('data_seed', '-')}",
+        f"- final loss (EMA): {tr.get('final_loss_ema')}",
+        f"- default sampling: DDIM {card['config']['default_steps']} steps, guidance "
+        f"{card['config']['default_guidance']}",
+        f"- cost: {cost['flops_per_image'] / 1e9:.2f} GFLOPs per image; latency per image "
+        f"{cost['latency_s_per_image']['batch_1']} s at batch 1, "
+        f"{cost['latency_s_per_image']['batch_32']} s at batch 32 ({cost['threads']} threads)",
+        "",
+        "## Learning curve (mean alignment on fixed held-out prompts)",
+        "",
+        "| step | minutes | loss | " + " | ".join(COMPLEXITY_LEVELS) + " | all |",
+        "|---" * (4 + len(COMPLEXITY_LEVELS)) + "|",
+    ]
+    for e in tr.get("learning_curve", []):
+        q = e["mean_alignment"]
+        lines.append(
+            f"| {e['step']} | {e['train_minutes']} | {e['loss_ema']} | "
+            + " | ".join(f"{q[lv]:.3f}" for lv in COMPLEXITY_LEVELS)
+            + f" | {q['all']:.3f} |"
+        )
+    lines += ["", "Regenerate: `t2i-router engines card " + card["name"] + "`.", ""]
+    return "\n".join(lines)
+
+
+def untrained_engine(config: EngineConfig, encoder: TextEncoder, seed: int = 0) -> Engine:
+    torch.manual_seed(seed)
+    return Engine(config, Denoiser(config.unet).eval(), encoder)

@@ -1,0 +1,194 @@
+"""The two engines' denoisers: diffusers ``UNet2DConditionModel`` in pixel space (3x32x32).
+
+Both take the same inputs, so the sampler, the exporter and Triton treat them alike::
+
+    denoiser(sample (B, 3, 32, 32), timestep (B,), tokens (B, L, 384), mask (B, L))
+        -> velocity (B, 3, 32, 32)
+
+Conditioning is the design lever that makes the edge engine weak on composition, as real edge
+models are (DESIGN, "Engines"):
+
+- ``pooled``: the masked mean of the token embeddings is projected and added to the time
+  embedding; no cross-attention. Binding colors to shapes, counts and relations must pass
+  through one 384-vector.
+- ``cross_attention_low``: token-level cross-attention at the lowest resolution only.
+- ``cross_attention``: token-level cross-attention at every resolution (the cloud engine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from t2i_router.engines.text_encoder import EMBED_DIM, pooled
+
+Conditioning = Literal["pooled", "cross_attention_low", "cross_attention"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of one engine's UNet; saved next to its weights.
+
+    Attributes:
+        block_out_channels: channels per resolution (32, 16, 8 pixels).
+        layers_per_block: ResNet layers per block.
+        conditioning: how the prompt enters (see the module docstring).
+        attention_head_dim: channels per attention head.
+        only_cross_attention: per resolution, True replaces the self-attention of the transformer
+            blocks by a second cross-attention (diffusers' flag). Self-attention over the 1,024
+            pixels of the top level dominated the step time on CPU; measured in the engines
+            notes of docs/engines.md.
+        norm_num_groups: GroupNorm groups (must divide every channel count).
+    """
+
+    block_out_channels: tuple[int, ...] = (16, 32, 32)
+    layers_per_block: int = 1
+    conditioning: Conditioning = "pooled"
+    attention_head_dim: int = 8
+    only_cross_attention: tuple[bool, ...] = ()
+    norm_num_groups: int = 8
+    text_dim: int = EMBED_DIM
+
+    def __post_init__(self) -> None:
+        if self.conditioning not in ("pooled", "cross_attention_low", "cross_attention"):
+            raise ValueError(f"unknown conditioning {self.conditioning!r}")
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ValueError(f"{c} channels do not split into {self.norm_num_groups} groups")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)
+        d["only_cross_attention"] = list(self.only_cross_attention)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        d = dict(d)
+        d["block_out_channels"] = tuple(d["block_out_channels"])
+        d["only_cross_attention"] = tuple(d.get("only_cross_attention", ()))
+        return cls(**d)
+
+
+def _build(cfg: UNetConfig):
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.block_out_channels)
+    common = dict(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups,
+    )
+    if cfg.conditioning == "pooled":
+        return UNet2DConditionModel(
+            down_block_types=("DownBlock2D",) * n,
+            up_block_types=("UpBlock2D",) * n,
+            mid_block_type="UNetMidBlock2D",
+            class_embed_type="projection",
+            projection_class_embeddings_input_dim=cfg.text_dim,
+            **common,
+        )
+    if cfg.conditioning == "cross_attention_low":
+        down = ("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",)
+        up = ("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1)
+    else:
+        down = ("CrossAttnDownBlock2D",) * n
+        up = ("CrossAttnUpBlock2D",) * n
+    return UNet2DConditionModel(
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=cfg.text_dim,
+        attention_head_dim=cfg.attention_head_dim,
+        only_cross_attention=cfg.only_cross_attention or False,
+        **common,
+    )
+
+
+class Denoiser(nn.Module):
+    """One engine's UNet behind the shared (sample, timestep, tokens, mask) signature."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = _build(config)
+
+    def forward(
+        self,
+        sample: torch.Tensor,  # (B, 3, 32, 32)
+        timestep: torch.Tensor,  # (B,)
+        tokens: torch.Tensor,  # (B, L, D)
+        mask: torch.Tensor,  # (B, L), 1 = token
+    ) -> torch.Tensor:
+        if self.config.conditioning == "pooled":
+            out = self.unet(
+                sample,
+                timestep,
+                encoder_hidden_states=None,
+                class_labels=pooled(tokens, mask),
+                return_dict=False,
+            )
+        else:
+            # No attention mask: padding embeddings are zero (the encoder zeroes them), so their
+            # keys are zero too. diffusers' mask reshaping does not export with a dynamic batch.
+            out = self.unet(sample, timestep, encoder_hidden_states=tokens, return_dict=False)
+        return out[0]
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """An engine: its UNet, how it samples by default, and how it was trained.
+
+    Attributes:
+        name: ``edge_small`` or ``cloud_large`` (or a deployment's own name).
+        unet: the denoiser's architecture.
+        default_steps: DDIM steps when a request gives none.
+        default_guidance: classifier-free guidance scale when a request gives none.
+        max_steps: the largest step count a request may ask for.
+    """
+
+    name: str
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    default_steps: int = 6
+    default_guidance: float = 2.0
+    max_steps: int = 100
+    num_train_timesteps: int = 1000
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["unet"] = self.unet.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EngineConfig:
+        d = dict(d)
+        d["unet"] = UNetConfig.from_dict(d["unet"])
+        return cls(**d)
+
+
+ENGINES: dict[str, EngineConfig] = {
+    "edge_small": EngineConfig(
+        name="edge_small",
+        unet=UNetConfig(block_out_channels=(16, 32, 32), conditioning="pooled"),
+        default_steps=6,
+    ),
+    "cloud_large": EngineConfig(
+        name="cloud_large",
+        unet=UNetConfig(
+            block_out_channels=(32, 64, 96),
+            conditioning="cross_attention",
+            only_cross_attention=(True, True, False),
+        ),
+        default_steps=20,
+    ),
+}

@@ -1,0 +1,272 @@
+"""``t2i-router triton start|status|stop``: a tritonserver that outlives the command.
+
+``start`` launches Triton detached (its own session, no parent-death signal), waits until every
+model is ready, records it in a state file (``<run dir>/triton.json``) and prints its gRPC
+address; ``status`` and ``stop`` find it through that file. The run directory comes from
+``--run-dir``, else ``$T2I_ROUTER_RUN_DIR``, else ``~/.cache/t2i-router/run``.
+
+Every failure is a `t2i_router.errors.RouterError` with a one-line message; the main CLI prints
+it and exits with status 2. Mount the commands with ``add_triton_parser(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from t2i_router.errors import PortInUseError, RouterError, TritonStartError, Unavailable
+from t2i_router.triton.client import ModelState, TritonClient
+from t2i_router.triton.server import (
+    ManagedTritonServer,
+    TritonServerConfig,
+    default_cache_dir,
+    is_process_alive,
+    process_start_ticks,
+    terminate_process_group,
+)
+
+__all__ = ["TritonState", "add_triton_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+RUN_DIR_ENV = "T2I_ROUTER_RUN_DIR"
+STATE_FILE = "triton.json"
+
+
+@dataclass(frozen=True)
+class TritonState:
+    """What ``start`` records about the server it left running.
+
+    Attributes:
+        pid: Process id (and process group id) of tritonserver.
+        start_ticks: Its start time from /proc, so a reused pid is not mistaken for it.
+        grpc_url: ``host:port`` of its gRPC service.
+        http_url: ``host:port`` of its HTTP service.
+        metrics_url: Its Prometheus page, or None.
+        model_repository: The repository it serves.
+        log_path: Where its output goes.
+        stop_grace_s: How long ``stop`` waits after SIGTERM before SIGKILL.
+    """
+
+    pid: int
+    start_ticks: int
+    grpc_url: str
+    http_url: str
+    metrics_url: str | None
+    model_repository: str
+    log_path: str
+    stop_grace_s: float
+
+    def is_running(self) -> bool:
+        """True when the recorded process still runs (same pid, same start time)."""
+        return is_process_alive(self.pid) and process_start_ticks(self.pid) == self.start_ticks
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    if args.run_dir is not None:
+        return Path(args.run_dir)
+    env = os.environ.get(RUN_DIR_ENV)
+    return Path(env) if env else default_cache_dir() / "run"
+
+
+def _read_state(path: Path) -> TritonState | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise Unavailable(f"cannot read Triton state {path}: {e}") from e
+    try:
+        return TritonState(**data)
+    except TypeError as e:
+        raise Unavailable(f"Triton state {path} is not from this version: {e}") from e
+
+
+def _write_state(path: Path, state: TritonState) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
+        tmp.replace(path)  # atomic: a reader sees the old file or the new one
+    except OSError as e:
+        raise TritonStartError(f"cannot write Triton state {path}: {e}") from e
+
+
+def _one_line(error: TritonStartError) -> TritonStartError:
+    if isinstance(error, PortInUseError):
+        return PortInUseError(error.port, error.summary)
+    return TritonStartError(error.summary)
+
+
+def cmd_triton_start(args: argparse.Namespace) -> None:
+    """Starts a detached tritonserver and prints its gRPC address once it is ready."""
+    run_dir = _run_dir(args)
+    state_path = run_dir / STATE_FILE
+    previous = _read_state(state_path)
+    if previous is not None and previous.is_running():
+        raise TritonStartError(
+            f"Triton already runs at {previous.grpc_url} (pid {previous.pid}); "
+            "run `t2i-router triton stop` first"
+        )
+    config = TritonServerConfig(
+        model_repository=Path(args.model_repository),
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+        startup_timeout_s=args.startup_timeout_s,
+        stop_grace_s=args.stop_grace_s,
+        log_verbose=args.log_verbose,
+        log_path=run_dir / "triton.log",
+        die_with_parent=False,  # it must outlive this command
+    )
+    server = ManagedTritonServer(config)
+    try:
+        server.start()
+    except TritonStartError as e:
+        log.debug("%s", e)
+        raise _one_line(e) from e
+    state = TritonState(
+        pid=server.pid,
+        start_ticks=process_start_ticks(server.pid) or 0,
+        grpc_url=server.grpc_url,
+        http_url=server.http_url,
+        metrics_url=server.metrics_url,
+        model_repository=str(config.model_repository.resolve()),
+        log_path=str(server.log_path),
+        stop_grace_s=config.stop_grace_s,
+    )
+    try:
+        _write_state(state_path, state)
+    except TritonStartError:
+        server.stop()
+        raise
+    log.info("Triton pid %d serves %s; log %s", state.pid, state.grpc_url, state.log_path)
+    print(state.grpc_url)
+
+
+async def _repository_index(grpc_url: str, timeout_s: float) -> list[ModelState]:
+    async with TritonClient(grpc_url) as client:
+        return await client.repository_index(timeout_s=timeout_s)
+
+
+def cmd_triton_status(args: argparse.Namespace) -> None:
+    """Prints the running server's address and each model's state."""
+    state_path = _run_dir(args) / STATE_FILE
+    state = _read_state(state_path)
+    if state is None:
+        raise Unavailable(f"no Triton started by t2i-router (no {state_path})")
+    if not state.is_running():
+        raise Unavailable(f"Triton pid {state.pid} is not running; see its log {state.log_path}")
+    models = asyncio.run(_repository_index(state.grpc_url, args.timeout_s))
+    print(f"grpc {state.grpc_url}  http {state.http_url}  pid {state.pid}  log {state.log_path}")
+    for model in models:
+        reason = f"  ({model.reason})" if model.reason else ""
+        print(f"{model.name}  version {model.version or '-'}  {model.state or 'UNKNOWN'}{reason}")
+
+
+def cmd_triton_stop(args: argparse.Namespace) -> None:
+    """Stops the recorded server, waits for its process group to go, and removes the state."""
+    state_path = _run_dir(args) / STATE_FILE
+    state = _read_state(state_path)
+    if state is None:
+        print(f"no Triton recorded in {state_path}; nothing to stop")
+        return
+    if state.is_running():
+        started_s = time.monotonic()
+        terminate_process_group(state.pid, state.stop_grace_s)
+        if state.is_running():
+            raise Unavailable(f"Triton pid {state.pid} survived SIGKILL")
+        print(f"stopped Triton pid {state.pid} in {time.monotonic() - started_s:.1f} s")
+    else:
+        print(f"Triton pid {state.pid} was not running; removed its state")
+    state_path.unlink(missing_ok=True)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is outside 0..65535")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be > 0")
+    return value
+
+
+def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Adds ``triton start|status|stop`` to a CLI; each sets ``func`` to its command function.
+
+    The command functions take the parsed ``argparse.Namespace`` and raise
+    `t2i_router.errors.RouterError` (one-line message) on failure.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--run-dir",
+        default=None,
+        help=f"where the state file and log live (default: ${RUN_DIR_ENV} or "
+        f"{default_cache_dir() / 'run'})",
+    )
+    triton = subparsers.add_parser("triton", help="run a local Triton Inference Server")
+    tsub = triton.add_subparsers(dest="triton_command", required=True)
+
+    p = tsub.add_parser(
+        "start", parents=[common], help="start Triton in the background; print its gRPC address"
+    )
+    p.add_argument("--model-repository", default="triton_repo", help="default: triton_repo")
+    p.add_argument("--grpc-port", type=_port, default=8001, help="0 picks a free port")
+    p.add_argument("--http-port", type=_port, default=8000, help="0 picks a free port")
+    p.add_argument("--metrics-port", type=_port, default=8002, help="0 picks a free port")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("--startup-timeout-s", type=_positive_float, default=120.0)
+    p.add_argument("--stop-grace-s", type=_positive_float, default=20.0)
+    p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
+    p.set_defaults(func=cmd_triton_start)
+
+    p = tsub.add_parser("status", parents=[common], help="print address and model readiness")
+    p.add_argument("--timeout-s", type=_positive_float, default=10.0)
+    p.set_defaults(func=cmd_triton_status)
+
+    p = tsub.add_parser("stop", parents=[common], help="stop the Triton that `start` started")
+    p.set_defaults(func=cmd_triton_stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the triton commands alone: ``python -m t2i_router.triton.cli triton start``."""
+    parser = argparse.ArgumentParser(prog="t2i-router")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    add_triton_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except RouterError as e:
+        print(f"t2i-router: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Engines with tiny seeded UNets: training, save/load, batch invariance, ONNX parity, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from t2i_router.cli import main
+from t2i_router.engines import (
+    Denoiser,
+    Engine,
+    EngineConfig,
+    SamplingError,
+    TextEncoder,
+    UNetConfig,
+    WeightsNotFoundError,
+    load_denoiser,
+    save_engine,
+)
+from t2i_router.engines.export import OnnxDenoiser, export_onnx
+from t2i_router.engines.training import TrainConfig, Trainer, TrainingError
+
+TINY = {
+    "pooled": UNetConfig(block_out_channels=(8, 8), conditioning="pooled", norm_num_groups=4),
+    "cross_attention": UNetConfig(
+        block_out_channels=(8, 8),
+        conditioning="cross_attention",
+        norm_num_groups=4,
+        only_cross_attention=(True, False),
+    ),
+}
+PROMPTS = [
+    "a red circle",
+    "two big blue squares left of a green triangle on black",
+    "anything at all, even a dog",
+    "",
+    "four tiny yellow triangles",
+]
+
+
+def tiny_engine_config(conditioning: str = "cross_attention") -> EngineConfig:
+    return EngineConfig(name="tiny", unet=TINY[conditioning], default_steps=3, max_steps=10)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder()
+
+
+@pytest.fixture(scope="module", params=["pooled", "cross_attention"])
+def tiny_engine(request, encoder) -> Engine:
+    torch.manual_seed(0)
+    config = tiny_engine_config(request.param)
+    return Engine(config, Denoiser(config.unet).eval(), encoder)
+
+
+def test_text_encoder_gives_fixed_length_masked_embeddings(encoder):
+    tokens, mask = encoder.encode(["a red circle", "three small red circles above a blue square"])
+    assert tokens.shape == (2, 24, 384) and mask.shape == (2, 24)
+    assert mask[0].sum() == 5  # [CLS] a red circle [SEP]
+    assert np.abs(tokens[0, 5:]).max() == 0.0  # padding is zeroed
+    again, _ = encoder.encode(["a red circle"])
+    np.testing.assert_allclose(again[0], tokens[0], atol=1e-5)
+
+
+def test_text_encoder_path_is_configurable(tmp_path):
+    from t2i_router.engines.text_encoder import EncoderNotFoundError, TextEncoderConfig
+
+    with pytest.raises(EncoderNotFoundError, match=str(tmp_path)):
+        TextEncoder(TextEncoderConfig(model_path=str(tmp_path)))
+
+
+def test_a_few_training_steps_reduce_the_loss_on_a_fixed_batch(encoder, tmp_path):
+    trainer = Trainer(
+        tiny_engine_config(), tmp_path, TrainConfig(prompt_pool=32, batch_size=8), encoder=encoder
+    )
+    x, tokens, mask = trainer.batch()
+    trainer.batch = lambda: (x, tokens, mask)  # the same batch every step
+    torch.manual_seed(1)
+    first = np.mean([trainer.train_step() for _ in range(5)])
+    for _ in range(40):
+        trainer.train_step()
+    last = np.mean([trainer.train_step() for _ in range(5)])
+    assert last < 0.8 * first
+
+
+def test_training_resumes_exactly(encoder, tmp_path):
+    cfg = TrainConfig(prompt_pool=32, batch_size=4)
+    straight = Trainer(tiny_engine_config(), tmp_path / "a", cfg, encoder=encoder)
+    straight.run(max_steps=4, progress=False, evaluate_at_end=False)
+    first = Trainer(tiny_engine_config(), tmp_path / "b", cfg, encoder=encoder)
+    first.run(max_steps=2, progress=False, evaluate_at_end=False)
+    resumed = Trainer(tiny_engine_config(), tmp_path / "b", cfg, encoder=encoder)
+    resumed.load_checkpoint()
+    assert resumed.step == 2
+    resumed.run(max_steps=4, progress=False, evaluate_at_end=False)
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_resume_without_checkpoint_or_with_another_config_fails_clearly(encoder, tmp_path):
+    cfg = TrainConfig(prompt_pool=16, batch_size=2)
+    trainer = Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder)
+    with pytest.raises(TrainingError, match="does not exist"):
+        trainer.load_checkpoint()
+    trainer.run(max_steps=1, progress=False, evaluate_at_end=False)
+    other = Trainer(tiny_engine_config("pooled"), tmp_path, cfg, encoder=encoder)
+    with pytest.raises(TrainingError, match="another engine config"):
+        other.load_checkpoint()
+
+
+def test_save_load_round_trip(tiny_engine, tmp_path):
+    save_engine(tiny_engine.denoise, tiny_engine.config, tmp_path)
+    model, config = load_denoiser(tmp_path)
+    assert config == tiny_engine.config
+    loaded = Engine(config, model, tiny_engine.encoder)
+    np.testing.assert_array_equal(
+        loaded.generate(PROMPTS, [1, 2, 3, 4, 5]), tiny_engine.generate(PROMPTS, [1, 2, 3, 4, 5])
+    )
+
+
+def test_same_seed_gives_the_same_image_alone_or_in_any_batch(tiny_engine):
+    seeds = [10, 11, 12, 13, 14]
+    batch = tiny_engine.generate(PROMPTS, seeds)
+    assert batch.shape == (5, 32, 32, 3) and batch.dtype == np.uint8
+    for i in (0, 3):
+        alone = tiny_engine.generate([PROMPTS[i]], [seeds[i]])
+        np.testing.assert_array_equal(alone[0], batch[i])
+    shuffled = tiny_engine.generate(PROMPTS[::-1], seeds[::-1])
+    np.testing.assert_array_equal(shuffled[::-1], batch)
+    assert not np.array_equal(batch[0], tiny_engine.generate([PROMPTS[0]], [99])[0])
+
+
+def test_steps_and_guidance_change_the_image(tiny_engine):
+    base = tiny_engine.generate(PROMPTS[:2], [1, 2])
+    assert not np.array_equal(base, tiny_engine.generate(PROMPTS[:2], [1, 2], steps=5))
+    assert not np.array_equal(base, tiny_engine.generate(PROMPTS[:2], [1, 2], guidance=0.0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps is 0"),
+        ({"steps": 11}, "steps is 11, must be in 1..10"),
+        ({"guidance": -1.0}, "guidance is -1.0"),
+        ({"guidance": float("nan")}, "guidance is nan"),
+    ],
+)
+def test_bad_settings_raise_sampling_error_quoting_the_value(tiny_engine, kwargs, message):
+    with pytest.raises(SamplingError, match=message):
+        tiny_engine.generate(PROMPTS[:1], [0], **kwargs)
+
+
+def test_prompts_and_seeds_must_match(tiny_engine):
+    with pytest.raises(SamplingError, match="2 prompts but 1 seeds"):
+        tiny_engine.generate(PROMPTS[:2], [0])
+
+
+def test_missing_weights_give_a_clear_error(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match=r"config\.json does not exist"):
+        load_denoiser(tmp_path)
+
+
+def test_onnx_runtime_matches_torch(tiny_engine, tmp_path):
+    path = export_onnx(tiny_engine.denoise, tmp_path / "model.onnx")
+    onnx_engine = Engine(tiny_engine.config, OnnxDenoiser(path), tiny_engine.encoder)
+    seeds = list(range(len(PROMPTS)))
+    ref = tiny_engine.generate(PROMPTS, seeds).astype(int)
+    got = onnx_engine.generate(PROMPTS, seeds).astype(int)
+    assert np.mean(np.abs(ref - got) <= 1) >= 0.99
+
+
+def test_cli_generate_writes_pngs_and_rejects_bad_steps(tiny_engine, tmp_path, capsys):
+    save_engine(tiny_engine.denoise, tiny_engine.config, tmp_path / "models" / "tiny")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\na blue square on black\n")
+    common = ["--engine", "tiny", "--prompts-file", str(prompts), "--models-dir"]
+    common += [str(tmp_path / "models"), "--out-dir", str(tmp_path / "out")]
+    assert main(["engines", "generate", *common, "--scale", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0000.png", "0001.png"]
+    capsys.readouterr()
+    assert main(["engines", "generate", *common, "--steps", "0"]) == 2
+    assert "steps is 0" in capsys.readouterr().err
+    assert main(["engines", "generate", *common, "--engine", "nope"]) == 2
+    assert "nope/config.json does not exist" in capsys.readouterr().err
