@@ -89,3 +89,19 @@ def test_main_prints_one_line_and_exits_2(
     assert main(["triton", "status", "--run-dir", str(tmp_path)]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("t2i-router: error: no Triton started")
+
+
+def test_committed_triton_repo_is_the_builders_output(tmp_path, monkeypatch):
+    """triton_repo/ is generated; regenerate and compare so the two cannot drift."""
+    from pathlib import Path
+
+    from t2i_router.triton.repository import ENGINE_NAMES, build_repository
+
+    root = Path(__file__).resolve().parents[2]
+    # Same relative layout as the checkout: triton_repo/ next to models/.
+    monkeypatch.chdir(tmp_path)
+    build_repository("triton_repo", "models")
+    for name in ENGINE_NAMES:
+        for rel in ("config.pbtxt", "1/model.py"):
+            committed = (root / "triton_repo" / name / rel).read_text()
+            assert committed == (tmp_path / "triton_repo" / name / rel).read_text(), rel

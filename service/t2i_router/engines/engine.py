@@ -87,48 +87,63 @@ class Engine:
         model, config = load_denoiser(engine_dir)
         return cls(config, model, encoder)
 
-    def resolve(self, steps: int | None, guidance: float | None) -> tuple[int, float]:
-        """Fill defaults and validate; raises :class:`SamplingError` quoting a bad value."""
-        steps = self.config.default_steps if steps is None else steps
-        guidance = self.config.default_guidance if guidance is None else guidance
-        check_sampling(steps, guidance, self.config.max_steps)
-        return int(steps), float(guidance)
+    def resolve(
+        self,
+        n: int,
+        steps: int | Sequence[int] | np.ndarray | None,
+        guidance: float | Sequence[float] | np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-image steps (n,) and guidance (n,), defaults filled in and validated.
+
+        Raises:
+            SamplingError: quoting the first bad step count or guidance scale.
+        """
+        steps_v = np.broadcast_to(
+            np.asarray(self.config.default_steps if steps is None else steps), (n,)
+        )
+        guidance_v = np.broadcast_to(
+            np.asarray(self.config.default_guidance if guidance is None else guidance, float), (n,)
+        )
+        for s, g in zip(steps_v, guidance_v, strict=True):
+            check_sampling(s.item(), float(g), self.config.max_steps)
+        return steps_v.astype(np.int64), guidance_v.astype(np.float64)
 
     def generate(
         self,
         prompts: Sequence[str],
         seeds: Sequence[int],
-        steps: int | None = None,
-        guidance: float | Sequence[float] | None = None,
+        steps: int | Sequence[int] | np.ndarray | None = None,
+        guidance: float | Sequence[float] | np.ndarray | None = None,
         batch_size: int = 64,
     ) -> np.ndarray:
-        """(B, 32, 32, 3) uint8 images; one seed per prompt; any text is accepted."""
-        if len(prompts) != len(seeds):
-            raise SamplingError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        if guidance is None or np.isscalar(guidance):
-            steps, g = self.resolve(steps, guidance)  # type: ignore[arg-type]
-            scales = np.full(len(prompts), g)
-        else:
-            scales = np.asarray(guidance, dtype=np.float64)
-            steps = self.resolve(steps, float(scales.min()) if len(scales) else None)[0]
-        out = []
-        for start in range(0, len(prompts), batch_size):
-            stop = start + batch_size
-            cond = encode_prompts(self.encoder, prompts[start:stop])
-            out.append(
-                ddim_sample(
+        """(B, 32, 32, 3) uint8 images, one seed per prompt; any text is accepted.
+
+        ``steps`` and ``guidance`` are one value for all or one per prompt (None: the engine's
+        defaults). Prompts are encoded once; images with the same step count share UNet calls.
+        """
+        n = len(prompts)
+        if len(seeds) != n:
+            raise SamplingError(f"{n} prompts but {len(seeds)} seeds")
+        steps_v, guidance_v = self.resolve(n, steps, guidance)
+        images = np.zeros((n, 32, 32, 3), np.uint8)
+        if n == 0:
+            return images
+        cond = encode_prompts(self.encoder, prompts)
+        seeds = np.asarray(seeds, dtype=np.int64)
+        for s in np.unique(steps_v):
+            rows = np.flatnonzero(steps_v == s)
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                images[chunk] = ddim_sample(
                     self.denoise,
-                    cond.tokens,
-                    cond.mask,
+                    cond.tokens[chunk],
+                    cond.mask[chunk],
                     cond.null_tokens,
                     cond.null_mask,
-                    seeds[start:stop],
-                    steps,
-                    scales[start:stop],
+                    seeds[chunk].tolist(),
+                    int(s),
+                    guidance_v[chunk],
                     self.config.num_train_timesteps,
                     self.config.max_steps,
                 )
-            )
-        if not out:
-            return np.zeros((0, 32, 32, 3), np.uint8)
-        return np.concatenate(out)
+        return images

@@ -212,6 +212,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def cmd_triton_build_repo(args: argparse.Namespace) -> None:
+    """Write the engines' model repository and export each engine's ONNX graph if stale."""
+    from t2i_router.engines.engine import WeightsNotFoundError
+    from t2i_router.engines.serving import ensure_onnx
+    from t2i_router.triton.repository import ENGINE_NAMES, EngineModelSettings, build_repository
+
+    settings = EngineModelSettings(
+        max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us
+    )
+    repo = build_repository(args.out, args.models_dir, ENGINE_NAMES, settings)
+    for name in ENGINE_NAMES:
+        try:
+            ensure_onnx(Path(args.models_dir) / name)
+        except WeightsNotFoundError as e:
+            raise TritonStartError(f"{e}; train it with `t2i-router engines train {name}`") from e
+    print(repo)
+
+
 def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds ``triton start|status|stop`` to a CLI; each sets ``func`` to its command function.
 
@@ -240,6 +258,13 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.add_argument("--stop-grace-s", type=_positive_float, default=20.0)
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
     p.set_defaults(func=cmd_triton_start)
+
+    p = tsub.add_parser("build-repo", help="write triton_repo/ for the engines, export ONNX")
+    p.add_argument("--out", default="triton_repo", help="default: triton_repo")
+    p.add_argument("--models-dir", default="models", help="default: models")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-queue-delay-us", type=int, default=5000)
+    p.set_defaults(func=cmd_triton_build_repo)
 
     p = tsub.add_parser("status", parents=[common], help="print address and model readiness")
     p.add_argument("--timeout-s", type=_positive_float, default=10.0)
