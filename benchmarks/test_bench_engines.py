@@ -1,0 +1,56 @@
+"""Engine throughput in one run: torch fp32, torch bf16 autocast, ONNX Runtime.
+
+Uses the committed weights in models/ (skips an engine whose weights are missing). Run with
+``make bench``; ``make test`` runs each case once. Images/s land in the JSON's ``extra_info``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2i_router.engines import Engine, TextEncoder, WeightsNotFoundError
+from t2i_router.engines.export import OnnxDenoiser
+from t2i_router.engines.serving import ensure_onnx
+from t2i_router.world import sample_prompts
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder()
+
+
+def _engine(name: str, runtime: str, encoder: TextEncoder) -> Engine:
+    try:
+        engine = Engine.load(MODELS / name, encoder)
+    except WeightsNotFoundError as e:
+        pytest.skip(str(e))
+    if runtime == "onnxruntime":
+        return Engine(engine.config, OnnxDenoiser(ensure_onnx(MODELS / name)), encoder)
+    if runtime == "torch_bf16":
+        model = engine.denoise
+
+        def bf16(*args):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(*args).float()
+
+        return Engine(engine.config, bf16, encoder)
+    return engine
+
+
+@pytest.mark.parametrize("runtime", ["torch_fp32", "torch_bf16", "onnxruntime"])
+@pytest.mark.parametrize("name", ["edge_small", "cloud_large"])
+def test_bench_engine_images_per_s(benchmark, encoder, name, runtime):
+    engine = _engine(name, runtime, encoder)
+    prompts = [t for t, _ in sample_prompts(BATCH, seed=1)]
+    seeds = list(range(BATCH))
+    images = benchmark.pedantic(engine.generate, (prompts, seeds), rounds=3, warmup_rounds=1)
+    assert images.shape == (BATCH, 32, 32, 3)
+    if benchmark.stats is not None:
+        benchmark.extra_info["images_per_s"] = round(BATCH / benchmark.stats.stats.median, 2)
+        benchmark.extra_info["steps"] = engine.config.default_steps
