@@ -23,7 +23,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from t2i_router.errors import PortInUseError, RouterError, TritonStartError, Unavailable
+from t2i_router.errors import (
+    InvalidRequest,
+    ModelError,
+    PortInUseError,
+    RouterError,
+    TritonStartError,
+    Unavailable,
+)
 from t2i_router.triton.client import ModelState, TritonClient
 from t2i_router.triton.server import (
     ManagedTritonServer,
@@ -230,6 +237,75 @@ def cmd_triton_build_repo(args: argparse.Namespace) -> None:
     print(repo)
 
 
+NGC_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+
+
+def _python_stub() -> Path | None:
+    """pytriton's Python-backend stub for this interpreter (Triton 2.51 = 24.10), or None."""
+    try:
+        import pytriton
+    except ImportError:
+        return None
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = Path(pytriton.__file__).parent / "tritonserver" / "python_backend_stubs" / version
+    stub = stub / "triton_python_backend_stub"
+    return stub if stub.is_file() else None
+
+
+def cmd_triton_build_gpu_repo(args: argparse.Namespace) -> None:
+    """Write the GPU repository (TensorRT UNets behind Python BLS engines) and build its plans."""
+    from t2i_router.engines import tensorrt
+    from t2i_router.engines.engine import WeightsNotFoundError
+    from t2i_router.engines.serving import ensure_onnx
+    from t2i_router.triton.repository import (
+        ENGINE_NAMES,
+        build_gpu_repository,
+        unet_max_batch_size,
+        unet_plan_path,
+    )
+
+    if args.max_batch_size < 1:
+        raise InvalidRequest(f"--max-batch-size is {args.max_batch_size}, must be >= 1")
+    try:
+        tensorrt.require_tensorrt()  # before minutes of ONNX export
+    except tensorrt.TensorRTUnavailable as e:
+        raise Unavailable(
+            f"{e}; run `t2i-router triton build-gpu-repo` inside the NGC Triton container "
+            f'({NGC_TRITON_IMAGE}), see README "GPU deployment (TensorRT)"'
+        ) from e
+    onnx_paths = {}
+    for name in ENGINE_NAMES:
+        try:
+            onnx_paths[name] = ensure_onnx(Path(args.models_dir) / name)
+        except WeightsNotFoundError as e:
+            raise TritonStartError(f"{e}; train it with `t2i-router engines train {name}`") from e
+    stub = None if args.no_python_stub else _python_stub()
+    repo = build_gpu_repository(
+        args.out,
+        args.models_dir,
+        ENGINE_NAMES,
+        args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        python_stub=stub,
+    )
+    rows = unet_max_batch_size(args.max_batch_size)
+    for name in ENGINE_NAMES:
+        try:
+            # Tuned for full batches (what dynamic batching makes under load).
+            tensorrt.build_engine(
+                onnx_paths[name],
+                unet_plan_path(repo, name),
+                min_batch=1,
+                opt_batch=rows,
+                max_batch=rows,
+                fp16=not args.fp32,
+                workspace_gib=args.workspace_gib,
+            )
+        except tensorrt.TensorRTError as e:
+            raise ModelError(str(e).split("\n", 1)[0]) from e
+    print(repo)
+
+
 def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds ``triton start|status|stop`` to a CLI; each sets ``func`` to its command function.
 
@@ -265,6 +341,23 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=5000)
     p.set_defaults(func=cmd_triton_build_repo)
+
+    p = tsub.add_parser(
+        "build-gpu-repo",
+        help="write triton_repo_gpu/ (TensorRT UNets + BLS engines), build plans; GPU only",
+    )
+    p.add_argument("--out", default="triton_repo_gpu", help="default: triton_repo_gpu")
+    p.add_argument("--models-dir", default="models", help="default: models")
+    p.add_argument("--max-batch-size", type=int, default=64, help="images per engine execute")
+    p.add_argument("--max-queue-delay-us", type=int, default=5000)
+    p.add_argument("--fp32", action="store_true", help="build FP32 plans (default: FP16 allowed)")
+    p.add_argument("--workspace-gib", type=_positive_float, default=2.0)
+    p.add_argument(
+        "--no-python-stub",
+        action="store_true",
+        help="do not copy pytriton's Python-backend stub for this Python into the engine models",
+    )
+    p.set_defaults(func=cmd_triton_build_gpu_repo)
 
     p = tsub.add_parser("status", parents=[common], help="print address and model readiness")
     p.add_argument("--timeout-s", type=_positive_float, default=10.0)
