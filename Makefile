@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0+cpu
 BENCH_JSON ?= benchmarks/results/bench-$(shell date +%Y%m%d-%H%M%S).json
 
-.PHONY: venv test bench demo lock clean distclean
+.PHONY: venv test bench demo serve stop lock clean distclean
 
 venv: $(STAMP)
 
@@ -28,6 +28,14 @@ test: venv
 bench: venv
 	mkdir -p $(dir $(BENCH_JSON))
 	$(BIN)/pytest benchmarks --benchmark-only --benchmark-json=$(BENCH_JSON)
+
+# Serve both engines from a local Triton on 127.0.0.1:8001 (gRPC); `make stop` stops it.
+serve: venv
+	$(BIN)/t2i-router triton build-repo
+	$(BIN)/t2i-router triton start
+
+stop: venv
+	$(BIN)/t2i-router triton stop
 
 demo: venv
 	mkdir -p docs
@@ -52,3 +60,9 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# On a GPU host, inside the NGC Triton container with the project installed (README, "GPU
+# deployment (TensorRT)"): the TensorRT repository. Elsewhere it stops with a one-line error.
+.PHONY: gpu-repo
+gpu-repo:
+	t2i-router triton build-gpu-repo --out triton_repo_gpu --models-dir models --max-batch-size 64

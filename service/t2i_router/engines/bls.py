@@ -1,0 +1,193 @@
+"""Run an engine's UNet in another Triton model through BLS (the GPU repository's engines).
+
+In the GPU repository (:func:`t2i_router.triton.repository.build_gpu_repository`) each engine
+is a Python model that validates, encodes prompts and samples exactly as on the CPU
+(:mod:`t2i_router.engines.serving`), but whose denoise callable, :class:`BlsDenoiser`, sends each
+UNet call to the ``<engine>_unet`` TensorRT model with ``pb_utils.InferenceRequest(...).exec()``.
+
+``triton_python_backend_utils`` exists only inside Triton's Python backend, so it is imported
+lazily, and every function here takes the module as an argument: tests pass a fake one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from t2i_router.engines.engine import CONFIG_FILE, Engine
+from t2i_router.engines.export import INPUT_NAMES, OUTPUT_NAME
+from t2i_router.engines.serving import EngineServer, ServingConfig
+from t2i_router.engines.text_encoder import TextEncoder, TextEncoderConfig
+from t2i_router.engines.unet import EngineConfig
+
+log = logging.getLogger(__name__)
+
+# The UNet model's dtype per input. timestep is one value per row: the Triton config declares it
+# as dims [1] reshaped to [] for the plan, so a request sends it as (B, 1).
+INPUT_DTYPES = {
+    "sample": np.float32,
+    "timestep": np.int64,
+    "tokens": np.float32,
+    "mask": np.float32,
+}
+ROW_INPUTS = frozenset({"timestep"})
+
+
+class BlsError(RuntimeError):
+    """The UNet model failed a BLS request or answered with something unusable."""
+
+
+def _pb_utils(pb_utils: ModuleType | None) -> ModuleType:
+    if pb_utils is not None:
+        return pb_utils
+    import triton_python_backend_utils
+
+    return triton_python_backend_utils
+
+
+def _to_torch(tensor: Any) -> torch.Tensor:
+    """A pb_utils.Tensor (CPU or GPU memory) as a CPU torch tensor that owns its memory."""
+    if hasattr(tensor, "is_cpu") and not tensor.is_cpu():
+        return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu()
+    # A copy: the response's buffer is released once the response object goes.
+    return torch.from_numpy(np.array(tensor.as_numpy(), copy=True))
+
+
+class BlsDenoiser:
+    """Denoise callable (torch in, torch out) that runs the UNet in another Triton model.
+
+    Args:
+        model_name: the UNet model (``<engine>_unet``).
+        input_names: the inputs that model declares (its ONNX graph's; ``mask`` may be absent).
+        max_rows: the model's ``max_batch_size``; larger calls are sent in pieces.
+        pb_utils: ``triton_python_backend_utils`` (imported when None).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        input_names: Sequence[str] = INPUT_NAMES,
+        max_rows: int = 128,
+        pb_utils: ModuleType | None = None,
+    ) -> None:
+        unknown = [n for n in input_names if n not in INPUT_DTYPES]
+        if unknown or not input_names:
+            raise ValueError(
+                f"UNet inputs are {list(input_names)}; expected names from {list(INPUT_NAMES)}"
+            )
+        if max_rows < 1:
+            raise ValueError(f"max_rows is {max_rows}, must be >= 1")
+        self.model_name = model_name
+        self.input_names = tuple(input_names)
+        self.max_rows = max_rows
+        self.pb = _pb_utils(pb_utils)
+
+    def arrays(
+        self,
+        sample: torch.Tensor,  # (B, 3, 32, 32)
+        timestep: torch.Tensor,  # (B,)
+        tokens: torch.Tensor,  # (B, L, D)
+        mask: torch.Tensor,  # (B, L)
+    ) -> dict[str, np.ndarray]:
+        """The numpy arrays one request sends, in the UNet model's dtypes and shapes."""
+        given = {"sample": sample, "timestep": timestep, "tokens": tokens, "mask": mask}
+        out = {}
+        for name in self.input_names:
+            a = given[name].detach().cpu().numpy().astype(INPUT_DTYPES[name], copy=False)
+            if name in ROW_INPUTS:
+                a = a.reshape(-1, 1)  # (B,) -> (B, 1)
+            out[name] = np.ascontiguousarray(a)
+        return out
+
+    def build_request(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> Any:
+        """One ``pb_utils.InferenceRequest`` for these rows (at most ``max_rows``)."""
+        pb = self.pb
+        arrays = self.arrays(sample, timestep, tokens, mask)
+        kwargs: dict[str, Any] = {
+            "model_name": self.model_name,
+            "requested_output_names": [OUTPUT_NAME],
+            "inputs": [pb.Tensor(name, a) for name, a in arrays.items()],
+        }
+        if hasattr(pb, "PreferredMemory"):  # Triton >= 23.04: have the output put in CPU memory
+            kwargs["preferred_memory"] = pb.PreferredMemory(pb.TRITONSERVER_MEMORY_CPU, 0)
+        return pb.InferenceRequest(**kwargs)
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:  # (B, 3, 32, 32) float32
+        b = sample.shape[0]
+        pieces = []
+        for start in range(0, b, self.max_rows):
+            rows = slice(start, start + self.max_rows)
+            pieces.append(
+                self._exec(sample[rows], timestep[rows], tokens[rows], mask[rows], sample.shape)
+            )
+        return torch.cat(pieces) if pieces else torch.zeros((0, *sample.shape[1:]))
+
+    def _exec(self, sample, timestep, tokens, mask, full_shape) -> torch.Tensor:
+        response = self.build_request(sample, timestep, tokens, mask).exec()
+        if response.has_error():
+            raise BlsError(f"{self.model_name} failed: {response.error().message()}")
+        tensor = self.pb.get_output_tensor_by_name(response, OUTPUT_NAME)
+        if tensor is None:
+            raise BlsError(f"{self.model_name} returned no {OUTPUT_NAME}")
+        velocity = _to_torch(tensor).float()
+        want = (sample.shape[0], *full_shape[1:])
+        if tuple(velocity.shape) != want:
+            raise BlsError(
+                f"{self.model_name} returned {OUTPUT_NAME} of shape {list(velocity.shape)}, "
+                f"expected {list(want)}"
+            )
+        return velocity
+
+
+def load_bls_server(
+    params: Mapping[str, str],
+    base_dir: str | Path,
+    pb_utils: ModuleType | None = None,
+    encoder: TextEncoder | None = None,
+) -> EngineServer:
+    """The engine server of a GPU-repository engine model, from its Triton ``parameters``.
+
+    Parameters: ``engine_dir`` (config.json of the engine, relative to ``base_dir``),
+    ``batch_size`` (images per UNet call), ``unet_model``, ``unet_inputs`` (comma-separated) and
+    ``unet_max_batch_size``. The engine's weights are not loaded: the UNet model holds them.
+
+    Raises:
+        ValueError: a parameter is missing or bad, quoting it.
+        FileNotFoundError: the engine's config.json is missing.
+    """
+    for key in ("engine_dir", "unet_model", "unet_inputs", "unet_max_batch_size"):
+        if key not in params:
+            raise ValueError(f"parameter {key} is missing")
+    settings = ServingConfig.from_parameters(dict(params), base_dir)
+    config_path = Path(settings.engine_dir) / CONFIG_FILE
+    if not config_path.exists():
+        raise FileNotFoundError(f"engine config missing: {config_path} does not exist")
+    config = EngineConfig.from_dict(json.loads(config_path.read_text()))
+    denoiser = BlsDenoiser(
+        params["unet_model"],
+        [n.strip() for n in params["unet_inputs"].split(",") if n.strip()],
+        int(params["unet_max_batch_size"]),
+        pb_utils,
+    )
+    log.info("engine %s samples through %s", config.name, denoiser.model_name)
+    engine = Engine(config, denoiser, encoder or TextEncoder(TextEncoderConfig()))
+    return EngineServer(engine, settings.batch_size)
