@@ -183,3 +183,29 @@ class EngineServer:
             for i in set(owners):
                 results[i] = images[owners_a == i]
         return results  # type: ignore[return-value]
+
+
+def execute_triton(server: EngineServer, requests: list, pb_utils) -> list:
+    """A Triton Python model's ``execute``: pb_utils requests in, one response per request out.
+
+    ``pb_utils`` is ``triton_python_backend_utils`` (passed in: it exists only inside Triton).
+    """
+
+    def read(request, name: str) -> np.ndarray | None:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        return None if tensor is None else tensor.as_numpy()
+
+    parsed = [
+        EngineRequest(read(r, "PROMPT"), read(r, "SEED"), read(r, "STEPS"), read(r, "GUIDANCE"))
+        for r in requests
+    ]
+    responses = []
+    for result in server.run(parsed):
+        if isinstance(result, Exception):
+            code = getattr(pb_utils.TritonError, result.triton_code)
+            responses.append(
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code))
+            )
+        else:
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("IMAGE", result)]))
+    return responses

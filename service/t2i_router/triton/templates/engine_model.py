@@ -8,12 +8,7 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from t2i_router.engines.serving import EngineRequest, EngineServer, ServingConfig, load_engine
-
-
-def _input(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
+from t2i_router.engines.serving import EngineServer, ServingConfig, execute_triton, load_engine
 
 
 class TritonPythonModel:
@@ -24,18 +19,4 @@ class TritonPythonModel:
         self.server = EngineServer(load_engine(settings), settings.batch_size)
 
     def execute(self, requests):
-        parsed = [
-            EngineRequest(
-                _input(r, "PROMPT"), _input(r, "SEED"), _input(r, "STEPS"), _input(r, "GUIDANCE")
-            )
-            for r in requests
-        ]
-        responses = []
-        for result in self.server.run(parsed):
-            if isinstance(result, Exception):
-                code = getattr(pb_utils.TritonError, result.triton_code)
-                error = pb_utils.TritonError(str(result), code)
-                responses.append(pb_utils.InferenceResponse(error=error))
-            else:
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("IMAGE", result)]))
-        return responses
+        return execute_triton(self.server, requests, pb_utils)
