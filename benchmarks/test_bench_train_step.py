@@ -1,0 +1,48 @@
+"""Training-step speed of the engine designs, in one run (batch 32, fp32, torch's threads).
+
+Backs the design choices in docs/engines.md: the cloud's self-attention is kept only at 8x8
+(full self-attention over the 1,024 pixels of the top level dominated the step), and the edge
+candidates (pooled-only vs cross-attention at the lowest resolution) are compared at equal
+footing. ``make bench`` records steps/s in the JSON's ``extra_info``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from t2i_router.engines import ENGINES, Denoiser, UNetConfig
+
+DESIGNS = {
+    "edge_pooled": ENGINES["edge_small"].unet,
+    "edge_cross_attention_low": UNetConfig(
+        block_out_channels=(16, 32, 32), conditioning="cross_attention_low"
+    ),
+    "cloud_self_attention_8x8_only": ENGINES["cloud_large"].unet,
+    "cloud_self_attention_everywhere": UNetConfig(
+        block_out_channels=(32, 64, 96), conditioning="cross_attention"
+    ),
+}
+
+
+@pytest.mark.parametrize("design", list(DESIGNS))
+def test_bench_train_step(benchmark, design):
+    torch.manual_seed(0)
+    model = Denoiser(DESIGNS[design]).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(32, 3, 32, 32)
+    t = torch.randint(0, 1000, (32,))
+    tokens = torch.randn(32, 24, 384)
+    mask = torch.ones(32, 24)
+
+    def step() -> float:
+        loss = model(x, t, tokens, mask).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1)
+    if benchmark.stats is not None:
+        benchmark.extra_info["steps_per_s"] = round(1 / benchmark.stats.stats.median, 3)
+        benchmark.extra_info["parameters"] = model.n_parameters
