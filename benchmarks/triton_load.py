@@ -29,11 +29,16 @@ from t2i_router.engines import Engine, TextEncoder
 from t2i_router.engines.export import OnnxDenoiser
 from t2i_router.engines.serving import ensure_onnx
 from t2i_router.triton import ManagedTritonServer, TritonClient, TritonServerConfig
-from t2i_router.triton.repository import EngineModelSettings, write_engine_model
+from t2i_router.triton.repository import (
+    EngineModelSettings,
+    write_engine_model,
+    write_text_encoder_model,
+)
 from t2i_router.world import sample_prompts
 
 log = logging.getLogger("triton_load")
 ROOT = Path(__file__).resolve().parents[1]
+BLS_SUFFIX = "_bls_encoder"
 
 
 async def _load(url: str, model: str, prompts: list[str], concurrency: int) -> dict:
@@ -86,8 +91,12 @@ def run(args: argparse.Namespace) -> dict:
     prompts = [t for t, _ in sample_prompts(args.requests, seed=7)]
     for name in args.models:
         ensure_onnx(models_dir / name)
-    variants = [(f"batching_delay_{d}us", True, d) for d in args.queue_delays_us]
-    variants.append(("no_batching", False, 0))
+    # (label, dynamic batching, queue delay, text encoder): the text encoder inline in each
+    # engine, or one shared text_encoder model called through BLS, at the first delay.
+    variants = [(f"batching_delay_{d}us", True, d, "inline") for d in args.queue_delays_us]
+    first = args.queue_delays_us[0]
+    variants.append((f"batching_delay_{first}us{BLS_SUFFIX}", True, first, "bls"))
+    variants.append(("no_batching", False, 0, "inline"))
     result: dict = {
         "host": {"machine": platform.machine(), "python": platform.python_version()},
         "args": {k: v for k, v in vars(args).items() if k != "func"},
@@ -95,13 +104,18 @@ def run(args: argparse.Namespace) -> dict:
         "in_process": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for label, batching, delay in variants:
+        for label, batching, delay, encoder in variants:
             repo = Path(tmp) / label
             settings = EngineModelSettings(
-                max_batch_size=64, max_queue_delay_us=delay, dynamic_batching=batching
+                max_batch_size=64,
+                max_queue_delay_us=delay,
+                dynamic_batching=batching,
+                text_encoder=encoder,
             )
             for name in args.models:
                 write_engine_model(repo, name, models_dir / name, settings)
+            if encoder == "bls":
+                write_text_encoder_model(repo)
             config = TritonServerConfig(model_repository=repo, startup_timeout_s=300)
             with ManagedTritonServer(config) as server:
                 for name in args.models:
@@ -118,7 +132,9 @@ def run(args: argparse.Namespace) -> dict:
 def summarize(result: dict) -> dict:
     summary = {}
     for name, by_variant in result["triton"].items():
-        batching = {k: v for k, v in by_variant.items() if k.startswith("batching")}
+        batching = {
+            k: v for k, v in by_variant.items() if k.startswith("batching") and BLS_SUFFIX not in k
+        }
         top_c = max(r["concurrency"] for r in by_variant["no_batching"])
 
         def at(rows, c):
@@ -131,12 +147,20 @@ def summarize(result: dict) -> dict:
         )
         c1 = at(batching[best], 1)["p50_latency_s"]
         inproc = result["in_process"][name]
+        bls = next((k for k in by_variant if k.endswith(BLS_SUFFIX)), None)
+        bls_ratio = None
+        if bls is not None:
+            twin = by_variant[bls.removesuffix(BLS_SUFFIX)]  # same delay, inline encoder
+            bls_ratio = round(
+                at(by_variant[bls], top_c)["images_per_s"] / at(twin, top_c)["images_per_s"], 2
+            )
         summary[name] = {
             "best_queue_delay": best,
             f"batching_speedup_at_c{top_c}": round(speedup, 2),
             "triton_c1_over_in_process_batch1": round(
                 c1 / inproc["onnxruntime_batch1_p50_latency_s"], 2
             ),
+            f"bls_encoder_over_inline_throughput_at_c{top_c}": bls_ratio,
             "onnxruntime_over_torch_latency": round(
                 inproc["onnxruntime_batch1_p50_latency_s"] / inproc["torch_batch1_p50_latency_s"],
                 2,

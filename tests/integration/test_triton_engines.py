@@ -18,7 +18,11 @@ from t2i_router.engines.export import OnnxDenoiser
 from t2i_router.engines.serving import ensure_onnx
 from t2i_router.errors import InvalidRequest
 from t2i_router.triton import ManagedTritonServer, TritonClient, TritonServerConfig
-from t2i_router.triton.repository import EngineModelSettings, write_engine_model
+from t2i_router.triton.repository import (
+    EngineModelSettings,
+    write_engine_model,
+    write_text_encoder_model,
+)
 from t2i_router.world import sample_prompts
 
 pytestmark = pytest.mark.integration
@@ -52,6 +56,10 @@ def engines_triton(engine_dirs, tmp_path_factory) -> ManagedTritonServer:
     settings = EngineModelSettings(max_batch_size=32, max_queue_delay_us=20_000, threads=1)
     for name, engine_dir in engine_dirs.items():
         write_engine_model(repo, name, engine_dir, settings)
+    # The same edge engine, encoding its prompts through the shared text_encoder model (BLS).
+    bls = EngineModelSettings(max_batch_size=32, threads=1, text_encoder="bls")
+    write_engine_model(repo, "edge_small_bls", engine_dirs["edge_small"], bls)
+    write_text_encoder_model(repo)
     log_path = tmp_path_factory.mktemp("engine_logs") / "tritonserver.log"
     config = TritonServerConfig(model_repository=repo, log_path=log_path, startup_timeout_s=180)
     with ManagedTritonServer(config) as server:
@@ -119,3 +127,14 @@ async def test_bad_request_fails_alone(engines_triton):
         results[1:4], ["PROMPT is empty", "steps is 99", "guidance is -2.0"], strict=True
     ):
         assert isinstance(result, InvalidRequest) and message in str(result), result
+
+
+async def test_bls_text_encoder_gives_the_same_images(engines_triton):
+    prompts = [t for t, _ in sample_prompts(6, seed=4)]
+    seeds = list(range(6))
+    async with TritonClient(engines_triton.grpc_url) as client:
+        inline = await client.generate("edge_small", prompts, seeds)
+        bls = await client.generate("edge_small_bls", prompts, seeds)
+        with pytest.raises(InvalidRequest, match="PROMPT is empty"):
+            await client.generate("edge_small_bls", [""], [0])
+    assert np.mean(np.abs(inline.astype(int) - bls.astype(int)) <= 1) >= 0.99

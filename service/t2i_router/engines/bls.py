@@ -191,3 +191,60 @@ def load_bls_server(
     log.info("engine %s samples through %s", config.name, denoiser.model_name)
     engine = Engine(config, denoiser, encoder or TextEncoder(TextEncoderConfig()))
     return EngineServer(engine, settings.batch_size)
+
+
+class BlsTextEncoder:
+    """A :class:`TextEncoder` stand-in that encodes through the ``text_encoder`` Triton model.
+
+    With it, the engines share one MiniLM instance (one copy in memory, one batch for the
+    prompts of both engines) instead of each holding its own; ``benchmarks/triton_load.py``
+    measures both set-ups.
+    """
+
+    def __init__(
+        self, model_name: str = "text_encoder", max_batch_size: int = 128, pb_utils=None
+    ) -> None:
+        self.model_name = model_name
+        self.max_batch_size = max_batch_size
+        self.pb = _pb_utils(pb_utils)
+
+    def encode(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token embeddings (B, L, 384) float32 and mask (B, L) float32, as TextEncoder."""
+        tokens, masks = [], []
+        for start in range(0, len(prompts), self.max_batch_size):
+            chunk = np.array(
+                [p.encode("utf-8") for p in prompts[start : start + self.max_batch_size]],
+                dtype=object,
+            ).reshape(-1, 1)
+            request = self.pb.InferenceRequest(
+                model_name=self.model_name,
+                requested_output_names=["TOKENS", "MASK"],
+                inputs=[self.pb.Tensor("PROMPT", chunk)],
+            )
+            response = request.exec()
+            if response.has_error():
+                raise BlsError(f"{self.model_name} failed: {response.error().message()}")
+            tokens.append(_to_torch(self.pb.get_output_tensor_by_name(response, "TOKENS")).numpy())
+            masks.append(_to_torch(self.pb.get_output_tensor_by_name(response, "MASK")).numpy())
+        return np.concatenate(tokens), np.concatenate(masks)
+
+
+def encode_triton(encoder: TextEncoder, requests: list, pb_utils) -> list:
+    """The ``text_encoder`` model's ``execute``: all requests' prompts encoded in one batch."""
+    prompts, sizes = [], []
+    for request in requests:
+        rows = pb_utils.get_input_tensor_by_name(request, "PROMPT").as_numpy().reshape(-1)
+        prompts += [
+            p.decode("utf-8", errors="replace") if isinstance(p, bytes) else p for p in rows
+        ]
+        sizes.append(len(rows))
+    tokens, mask = encoder.encode(prompts)
+    responses, start = [], 0
+    for n in sizes:
+        outputs = [
+            pb_utils.Tensor("TOKENS", tokens[start : start + n]),
+            pb_utils.Tensor("MASK", mask[start : start + n]),
+        ]
+        responses.append(pb_utils.InferenceResponse(outputs))
+        start += n
+    return responses

@@ -56,12 +56,15 @@ class ServingConfig:
         runtime: ``onnxruntime`` (default) or ``torch``.
         threads: intra-op threads for the UNet (0 = the runtime's default).
         batch_size: images per UNet call.
+        text_encoder: ``inline`` (the engine holds its own MiniLM) or the name of a Triton
+            model to call through BLS (``text_encoder``).
     """
 
     engine_dir: str
     runtime: str = "onnxruntime"
     threads: int = 0
     batch_size: int = 64
+    text_encoder: str = "inline"
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], base_dir: str | Path) -> ServingConfig:
@@ -79,6 +82,7 @@ class ServingConfig:
             runtime=runtime,
             threads=int(params.get("threads", "0")),
             batch_size=int(params.get("batch_size", "64")),
+            text_encoder=params.get("text_encoder", "inline"),
         )
 
 
@@ -94,8 +98,13 @@ def ensure_onnx(engine_dir: str | Path) -> Path:
     return onnx_path
 
 
-def load_engine(cfg: ServingConfig, encoder: TextEncoder | None = None) -> Engine:
+def load_engine(cfg: ServingConfig, encoder: TextEncoder | None = None, pb_utils=None) -> Engine:
+    """The engine a Triton model serves; ``pb_utils`` is needed for a BLS text encoder."""
     model, config = load_denoiser(cfg.engine_dir)
+    if encoder is None and cfg.text_encoder != "inline":
+        from t2i_router.engines.bls import BlsTextEncoder
+
+        encoder = BlsTextEncoder(cfg.text_encoder, pb_utils=pb_utils)  # type: ignore[assignment]
     encoder = encoder or TextEncoder(TextEncoderConfig())
     if cfg.runtime == "torch":
         if cfg.threads:

@@ -226,7 +226,9 @@ def cmd_triton_build_repo(args: argparse.Namespace) -> None:
     from t2i_router.triton.repository import ENGINE_NAMES, EngineModelSettings, build_repository
 
     settings = EngineModelSettings(
-        max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        text_encoder=args.text_encoder,
     )
     repo = build_repository(args.out, args.models_dir, ENGINE_NAMES, settings)
     for name in ENGINE_NAMES:
@@ -340,6 +342,12 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.add_argument("--models-dir", default="models", help="default: models")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=5000)
+    p.add_argument(
+        "--text-encoder",
+        choices=("inline", "bls"),
+        default="inline",
+        help="inline: each engine holds MiniLM; bls: one shared text_encoder model",
+    )
     p.set_defaults(func=cmd_triton_build_repo)
 
     p = tsub.add_parser(

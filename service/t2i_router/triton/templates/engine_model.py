@@ -16,7 +16,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         settings = ServingConfig.from_parameters(params, args["model_repository"])
-        self.server = EngineServer(load_engine(settings), settings.batch_size)
+        self.server = EngineServer(load_engine(settings, pb_utils=pb_utils), settings.batch_size)
 
     def execute(self, requests):
         return execute_triton(self.server, requests, pb_utils)
