@@ -225,11 +225,18 @@ def cmd_triton_build_repo(args: argparse.Namespace) -> None:
     from t2i_router.engines.serving import ensure_onnx
     from t2i_router.triton.repository import ENGINE_NAMES, EngineModelSettings, build_repository
 
-    settings = EngineModelSettings(
-        max_batch_size=args.max_batch_size,
-        max_queue_delay_us=args.max_queue_delay_us,
-        text_encoder=args.text_encoder,
+    settings = None  # the benchmarked defaults per engine
+    customized = (
+        args.max_queue_delay_us is not None
+        or args.text_encoder != "inline"
+        or args.max_batch_size != EngineModelSettings.max_batch_size
     )
+    if customized:
+        settings = EngineModelSettings(
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.max_queue_delay_us or EngineModelSettings.max_queue_delay_us,
+            text_encoder=args.text_encoder,
+        )
     repo = build_repository(args.out, args.models_dir, ENGINE_NAMES, settings)
     for name in ENGINE_NAMES:
         try:
@@ -341,7 +348,9 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.add_argument("--out", default="triton_repo", help="default: triton_repo")
     p.add_argument("--models-dir", default="models", help="default: models")
     p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--max-queue-delay-us", type=int, default=5000)
+    p.add_argument(
+        "--max-queue-delay-us", type=int, help="default: per engine, from the load benchmark"
+    )
     p.add_argument(
         "--text-encoder",
         choices=("inline", "bls"),
@@ -357,7 +366,9 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.add_argument("--out", default="triton_repo_gpu", help="default: triton_repo_gpu")
     p.add_argument("--models-dir", default="models", help="default: models")
     p.add_argument("--max-batch-size", type=int, default=64, help="images per engine execute")
-    p.add_argument("--max-queue-delay-us", type=int, default=5000)
+    p.add_argument(
+        "--max-queue-delay-us", type=int, help="default: per engine, from the load benchmark"
+    )
     p.add_argument("--fp32", action="store_true", help="build FP32 plans (default: FP16 allowed)")
     p.add_argument("--workspace-gib", type=_positive_float, default=2.0)
     p.add_argument(

@@ -16,6 +16,10 @@ TEMPLATE = Path(__file__).parent / "templates" / "engine_model.py"
 TEXT_ENCODER_TEMPLATE = Path(__file__).parent / "templates" / "text_encoder_model.py"
 TEXT_ENCODER_MODEL = "text_encoder"
 ENGINE_NAMES = ("edge_small", "cloud_large")
+# Dynamic-batching queue delay per engine, the best of benchmarks/triton_load.py at concurrency
+# 32 (docs/triton_benchmark.md): the edge's short executions gain from waiting for a fuller
+# batch, the compute-bound cloud does not.
+QUEUE_DELAY_US = {"edge_small": 20_000, "cloud_large": 2_000}
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,15 @@ def build_repository(
     engines: tuple[str, ...] = ENGINE_NAMES,
     settings: EngineModelSettings | None = None,
 ) -> Path:
-    """Write a model for each engine; returns the repository path."""
+    """Write a model for each engine; returns the repository path.
+
+    Without ``settings``, each engine gets its benchmarked queue delay (:data:`QUEUE_DELAY_US`).
+    """
     for name in engines:
-        write_engine_model(repo, name, Path(models_dir) / name, settings)
+        engine_settings = settings or EngineModelSettings(
+            max_queue_delay_us=QUEUE_DELAY_US.get(name, EngineModelSettings.max_queue_delay_us)
+        )
+        write_engine_model(repo, name, Path(models_dir) / name, engine_settings)
     if settings is not None and settings.text_encoder == "bls":
         write_text_encoder_model(repo)
     return Path(repo)
