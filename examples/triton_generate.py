@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
+from t2i_router.errors import RouterError
 from t2i_router.imageio import save_png
 from t2i_router.triton import TritonClient
 
@@ -31,7 +33,10 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=60.0)
     parser.add_argument("-o", "--output", default="out.png")
     parser.add_argument("--scale", type=int, default=8)
-    asyncio.run(generate(parser.parse_args()))
+    try:
+        asyncio.run(generate(parser.parse_args()))
+    except RouterError as e:  # one line, e.g. "Unavailable: ... is Triton running?"
+        sys.exit(f"error: {type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":
