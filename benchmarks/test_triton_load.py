@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2i_router.engines import Denoiser, EngineConfig, UNetConfig, save_engine
+from t2i_router.engines import Denoiser, EngineConfig, save_engine
+from t2i_router.engines.unet import tiny_unet_config
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ def _load_script():
 
 def test_triton_load_generator_reports_every_variant(tmp_path):
     torch.manual_seed(0)
-    unet = UNetConfig(block_out_channels=(8, 8), conditioning="pooled", norm_num_groups=4)
+    unet = tiny_unet_config("pooled")
     config = EngineConfig(name="edge_small", unet=unet, default_steps=2, max_steps=4)
     save_engine(Denoiser(unet).eval(), config, tmp_path / "models" / "edge_small")
     out = tmp_path / "load.json"

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, UNetConfig, save_engine
+from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, save_engine
 from t2i_router.engines.export import OnnxDenoiser
 from t2i_router.engines.serving import ensure_onnx
+from t2i_router.engines.unet import TINY_ENGINE_UNETS
 from t2i_router.errors import InvalidRequest
 from t2i_router.triton import ManagedTritonServer, TritonClient, TritonServerConfig
 from t2i_router.triton.repository import (
@@ -27,15 +28,7 @@ from t2i_router.world import sample_prompts
 
 pytestmark = pytest.mark.integration
 
-TINY = {
-    "edge_small": UNetConfig(block_out_channels=(8, 8), conditioning="pooled", norm_num_groups=4),
-    "cloud_large": UNetConfig(
-        block_out_channels=(8, 8),
-        conditioning="cross_attention",
-        norm_num_groups=4,
-        only_cross_attention=(True, False),
-    ),
-}
+TINY = TINY_ENGINE_UNETS
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,15 @@ from t2i_router.engines import (
     EngineConfig,
     SamplingError,
     TextEncoder,
-    UNetConfig,
     WeightsNotFoundError,
     load_denoiser,
     save_engine,
 )
 from t2i_router.engines.export import OnnxDenoiser, export_onnx
 from t2i_router.engines.training import TrainConfig, Trainer, TrainingError
+from t2i_router.engines.unet import tiny_unet_config
 
-TINY = {
-    "pooled": UNetConfig(block_out_channels=(8, 8), conditioning="pooled", norm_num_groups=4),
-    "cross_attention": UNetConfig(
-        block_out_channels=(8, 8),
-        conditioning="cross_attention",
-        norm_num_groups=4,
-        only_cross_attention=(True, False),
-    ),
-}
+TINY = {c: tiny_unet_config(c) for c in ("pooled", "cross_attention")}
 PROMPTS = [
     "a red circle",
     "two big blue squares left of a green triangle on black",

@@ -21,7 +21,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from t2i_router.cli import main
-from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, UNetConfig, save_engine
+from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, save_engine
 from t2i_router.engines.bls import BlsDenoiser, BlsError, load_bls_server
 from t2i_router.engines.export import ONNX_FILE, export_onnx
 from t2i_router.engines.serving import EngineRequest
@@ -31,6 +31,7 @@ from t2i_router.engines.tensorrt import (
     batch_profile,
     build_engine,
 )
+from t2i_router.engines.unet import TINY_ENGINE_UNETS
 from t2i_router.triton.repository import (
     GPU_BLS_TEMPLATE,
     EngineModelSettings,
@@ -41,15 +42,7 @@ from t2i_router.triton.repository import (
 )
 
 # The repository's engine names, each backed by a tiny seeded UNet of its kind of conditioning.
-TINY = {
-    "edge_small": UNetConfig(block_out_channels=(8, 8), conditioning="pooled", norm_num_groups=4),
-    "cloud_large": UNetConfig(
-        block_out_channels=(8, 8),
-        conditioning="cross_attention",
-        norm_num_groups=4,
-        only_cross_attention=(True, False),
-    ),
-}
+TINY = TINY_ENGINE_UNETS
 MAX_BATCH = 4  # images per engine execute; the UNet models take 8 rows
 PROMPTS = [
     "a red circle",

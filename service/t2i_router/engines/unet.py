@@ -145,6 +145,24 @@ class Denoiser(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def tiny_unet_config(conditioning: Conditioning) -> UNetConfig:
+    """A UNet of a few thousand parameters with the given conditioning, for tests and smoke runs
+    (diffusers-style tiny models: every code path of the real engines, in milliseconds)."""
+    return UNetConfig(
+        block_out_channels=(8, 8),
+        conditioning=conditioning,
+        norm_num_groups=4,
+        only_cross_attention=(True, False) if conditioning != "pooled" else (),
+    )
+
+
+# Tiny stand-ins for the two engines, by engine name.
+TINY_ENGINE_UNETS: dict[str, UNetConfig] = {
+    "edge_small": tiny_unet_config("pooled"),
+    "cloud_large": tiny_unet_config("cross_attention"),
+}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """An engine: its UNet, how it samples by default, and how it was trained.
