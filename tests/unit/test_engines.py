@@ -178,3 +178,40 @@ def test_cli_generate_writes_pngs_and_rejects_bad_steps(tiny_engine, tmp_path, c
     assert "steps is 0" in capsys.readouterr().err
     assert main(["engines", "generate", *common, "--engine", "nope"]) == 2
     assert "nope/config.json does not exist" in capsys.readouterr().err
+
+
+def test_engine_server_answers_each_request_alone(tiny_engine):
+    from t2i_router.engines.serving import BadRequest, EngineFailure, EngineRequest, EngineServer
+
+    def request(prompt: bytes, seed: int, steps=None) -> EngineRequest:
+        return EngineRequest(
+            np.array([[prompt]], dtype=object),
+            np.array([[seed]], dtype=np.int64),
+            None if steps is None else np.array([[steps]], dtype=np.int32),
+        )
+
+    server = EngineServer(tiny_engine)
+    results = server.run(
+        [
+            request(b"a red circle", 1),
+            request(b"   ", 2),
+            request(b"a blue square", 3, steps=0),
+            request(b"\xff\xfe", 4),
+            request(b"a green triangle", 5, steps=2),
+        ]
+    )
+    assert isinstance(results[1], BadRequest) and "PROMPT is empty" in str(results[1])
+    assert isinstance(results[2], BadRequest) and "steps is 0" in str(results[2])
+    assert isinstance(results[3], BadRequest) and "not UTF-8" in str(results[3])
+    np.testing.assert_array_equal(results[0], tiny_engine.generate(["a red circle"], [1]))
+    np.testing.assert_array_equal(
+        results[4], tiny_engine.generate(["a green triangle"], [5], steps=2)
+    )
+
+    def broken(*args):
+        raise RuntimeError("out of memory")
+
+    failing = EngineServer(Engine(tiny_engine.config, broken, tiny_engine.encoder))
+    results = failing.run([request(b"a red circle", 1), request(b"", 2)])
+    assert isinstance(results[0], EngineFailure) and "out of memory" in str(results[0])
+    assert isinstance(results[1], BadRequest)  # its own error, not the batch's
