@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,22 +52,6 @@ def load_denoiser(engine_dir: str | Path) -> tuple[Denoiser, EngineConfig]:
     return model.eval(), config
 
 
-@dataclass
-class PromptCondition:
-    """Encoded prompts plus the empty prompt used as the guidance null condition."""
-
-    tokens: torch.Tensor  # (B, L, D)
-    mask: torch.Tensor  # (B, L)
-    null_tokens: torch.Tensor  # (1, L, D)
-    null_mask: torch.Tensor  # (1, L)
-
-
-def encode_prompts(encoder: TextEncoder, prompts: Sequence[str]) -> PromptCondition:
-    tokens, mask = encoder.encode([*prompts, ""])
-    t, m = torch.from_numpy(tokens), torch.from_numpy(mask)
-    return PromptCondition(t[:-1], m[:-1], t[-1:], m[-1:])
-
-
 class Engine:
     """Generate images with one engine in-process (torch, or any denoise function)."""
 
@@ -81,6 +64,18 @@ class Engine:
         self.config = config
         self.denoise = denoise
         self.encoder = encoder or TextEncoder()
+        self._null: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def null_condition(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The empty prompt's tokens (1, L, D) and mask (1, L): guidance's null condition.
+
+        Encoded once, on first use (not in ``__init__``: a BLS encoder can only be called once
+        Triton serves requests).
+        """
+        if self._null is None:
+            tokens, mask = self.encoder.encode([""])
+            self._null = torch.from_numpy(tokens), torch.from_numpy(mask)
+        return self._null
 
     @classmethod
     def load(cls, engine_dir: str | Path, encoder: TextEncoder | None = None) -> Engine:
@@ -128,7 +123,8 @@ class Engine:
         images = np.zeros((n, 32, 32, 3), np.uint8)
         if n == 0:
             return images
-        cond = encode_prompts(self.encoder, prompts)
+        tokens, mask = (torch.from_numpy(a) for a in self.encoder.encode(list(prompts)))
+        null_tokens, null_mask = self.null_condition()
         seeds = np.asarray(seeds, dtype=np.int64)
         for s in np.unique(steps_v):
             rows = np.flatnonzero(steps_v == s)
@@ -136,10 +132,10 @@ class Engine:
                 chunk = rows[start : start + batch_size]
                 images[chunk] = ddim_sample(
                     self.denoise,
-                    cond.tokens[chunk],
-                    cond.mask[chunk],
-                    cond.null_tokens,
-                    cond.null_mask,
+                    tokens[chunk],
+                    mask[chunk],
+                    null_tokens,
+                    null_mask,
                     seeds[chunk].tolist(),
                     int(s),
                     guidance_v[chunk],
