@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         Path(args.table).write_text(
             "# Engines through Triton\n\nRegenerate: `.venv/bin/python benchmarks/triton_load.py`"
-            f" (this run: {' '.join(argv or [])}).\n\n" + table(result)
+            f" (this run: `{' '.join(sys.argv[1:] if argv is None else argv) or 'defaults'}`)."
+            "\n\n" + table(result)
         )
     print(table(result))
     return result
