@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from t2i_router.engines import ENGINES, Denoiser, UNetConfig
+from t2i_router.engines.unet import EDGE_DESIGNS
 
 DESIGNS = {
-    "edge_pooled": ENGINES["edge_small"].unet,
-    "edge_cross_attention_low": UNetConfig(
-        block_out_channels=(16, 32, 32), conditioning="cross_attention_low"
-    ),
+    "edge_pooled": EDGE_DESIGNS["pooled"],
+    "edge_cross_attention_low": EDGE_DESIGNS["cross_attention_low"],
     "cloud_self_attention_8x8_only": ENGINES["cloud_large"].unet,
     "cloud_self_attention_everywhere": UNetConfig(
         block_out_channels=(32, 64, 96), conditioning="cross_attention"

@@ -194,12 +194,17 @@ class EngineConfig:
         return cls(**d)
 
 
-ENGINES: dict[str, EngineConfig] = {
-    "edge_small": EngineConfig(
-        name="edge_small",
-        unet=UNetConfig(block_out_channels=(16, 32, 32), conditioning="pooled"),
-        default_steps=6,
+# The weak-conditioning edge candidates DESIGN names, at the edge's size; which one edge_small
+# keeps is measured by benchmarks/edge_designs.py (docs/edge_designs.md).
+EDGE_DESIGNS: dict[str, UNetConfig] = {
+    "pooled": UNetConfig(block_out_channels=(16, 32, 32), conditioning="pooled"),
+    "cross_attention_low": UNetConfig(
+        block_out_channels=(16, 32, 32), conditioning="cross_attention_low"
     ),
+}
+
+ENGINES: dict[str, EngineConfig] = {
+    "edge_small": EngineConfig(name="edge_small", unet=EDGE_DESIGNS["pooled"], default_steps=6),
     "cloud_large": EngineConfig(
         name="cloud_large",
         unet=UNetConfig(

@@ -1,0 +1,107 @@
+"""The engine quality report: held-out prompts, the routing gap and its goals, the CLI's files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from t2i_router.cli import main
+from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, save_engine
+from t2i_router.engines.report import (
+    REPORT_SEED,
+    gap_report,
+    held_out_prompts,
+    quality_report,
+    score_engine,
+    training_texts,
+)
+from t2i_router.engines.unet import TINY_ENGINE_UNETS
+from t2i_router.world import COMPLEXITY_LEVELS, sample_prompts
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder()
+
+
+def tiny(name: str, encoder: TextEncoder, seed: int = 0) -> Engine:
+    torch.manual_seed(seed)
+    config = EngineConfig(name=name, unet=TINY_ENGINE_UNETS[name], default_steps=2)
+    return Engine(config, Denoiser(config.unet).eval(), encoder)
+
+
+def test_held_out_prompts_are_balanced_and_never_the_training_prompts():
+    pairs = held_out_prompts(8)
+    assert [s.complexity for _, s in pairs] == [lv for lv in COMPLEXITY_LEVELS for _ in range(2)]
+    seen = training_texts()
+    assert len(seen) > 5000
+    naive = {t for t, _ in held_out_prompts(200)}
+    assert naive & seen  # the world is small: a fresh seed alone repeats simple prompts
+    held_out = held_out_prompts(200, exclude=seen)
+    assert len(held_out) == 200 and not {t for t, _ in held_out} & seen
+    first_singles = {t for t, _ in sample_prompts(8, seed=REPORT_SEED, complexity="single")}
+    with pytest.raises(ValueError, match="only 0 single prompts"):
+        held_out_prompts(8, exclude=first_singles)
+
+
+def test_gap_report_per_level_and_goals():
+    levels = np.array(["single", "group", "pair", "relation"] * 2)
+    edge = np.array([0.8, 0.6, 0.4, 0.2, 0.8, 0.6, 0.4, 0.2])
+    cloud = np.array([0.8, 0.8, 0.8, 0.8, 0.7, 0.8, 0.8, 0.8])
+    gap = gap_report(edge, cloud, levels)
+    assert gap["cloud_minus_edge"]["single"] == pytest.approx(-0.05)
+    assert gap["cloud_minus_edge"]["relation"] == pytest.approx(0.6)
+    assert gap["cloud_minus_edge"]["all"] == pytest.approx(np.mean(cloud - edge), abs=1e-4)
+    assert gap["edge_at_least_as_good"]["single"] == 1.0  # ties count for the edge
+    assert gap["edge_at_least_as_good"]["all"] == 0.25
+    assert gap["goals"] == {
+        "cloud_beats_edge_by_0.15": True,
+        "edge_as_good_on_20_to_60_percent": True,
+        "gap_grows_with_complexity": True,
+    }
+    flat = gap_report(edge, edge + 0.1, levels)["goals"]
+    assert flat == {
+        "cloud_beats_edge_by_0.15": False,
+        "edge_as_good_on_20_to_60_percent": False,
+        "gap_grows_with_complexity": False,
+    }
+
+
+def test_engines_are_compared_on_the_same_seeds(encoder):
+    engine = tiny("edge_small", encoder)
+    pairs = held_out_prompts(4)
+    q1, images1 = score_engine(engine, pairs, seeds_per_prompt=2)
+    q2, images2 = score_engine(engine, pairs, seeds_per_prompt=2)
+    np.testing.assert_array_equal(images1, images2)
+    np.testing.assert_array_equal(q1, q2)
+    assert images1.shape == (4, 32, 32, 3)
+    report, _, _ = quality_report({"edge_small": engine, "cloud_large": engine}, n=4)
+    assert report["gap"]["cloud_minus_edge"]["all"] == 0.0  # one engine against itself
+    assert report["gap"]["edge_at_least_as_good"]["all"] == 1.0
+
+
+def test_cli_report_writes_json_table_and_grid(encoder, tmp_path, capsys):
+    models = tmp_path / "models"
+    for name in ("edge_small", "cloud_large"):
+        engine = tiny(name, encoder)
+        save_engine(engine.denoise, engine.config, models / name)
+    out = tmp_path / "docs"
+    args = ["engines", "report", "--n", "4", "--seeds", "1", "--models-dir", str(models)]
+    assert main([*args, "--out-dir", str(out)]) == 0
+    report = json.loads((out / "engines_report.json").read_text())
+    assert set(report["engines"]) == {
+        "edge_small",
+        "cloud_large",
+        "edge_small_untrained",
+        "cloud_large_untrained",
+    }
+    assert set(report["goals"]) >= {"cloud_beats_edge_by_0.15", "gap_grows_with_complexity"}
+    table = (out / "engines_report.md").read_text()
+    assert "| cloud - edge |" in table and "--n 4 --seeds 1" in table
+    assert (out / "engines_report.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["engines", "report", "--models-dir", str(tmp_path / "none")]) == 2
+    assert "train it first" in capsys.readouterr().err
