@@ -55,17 +55,15 @@ def held_out_prompts(
     The world is small: a fresh seed alone repeats about one simple prompt in ten of the
     training pool word for word, so the report excludes the training texts explicitly.
     """
-    per_level = max(1, n // len(COMPLEXITY_LEVELS))
+    each = max(1, n // len(COMPLEXITY_LEVELS))
     pairs: list[tuple[str, object]] = []
     for i, lv in enumerate(COMPLEXITY_LEVELS):
         fresh = [
-            p
-            for p in sample_prompts(4 * per_level, seed=seed + i, complexity=lv)
-            if p[0] not in exclude
+            p for p in sample_prompts(4 * each, seed=seed + i, complexity=lv) if p[0] not in exclude
         ]
-        if len(fresh) < per_level:
+        if len(fresh) < each:
             raise ValueError(f"only {len(fresh)} {lv} prompts outside the excluded texts")
-        pairs += fresh[:per_level]
+        pairs += fresh[:each]
     return pairs
 
 
