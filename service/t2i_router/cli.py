@@ -57,6 +57,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1]")
+    return value
+
+
 def _parse(text: str, where: str = "") -> object:
     try:
         return parse_prompt(text)
@@ -173,7 +183,14 @@ def cmd_engines_train(args: argparse.Namespace) -> None:
 
     config = ENGINES[args.engine]
     out_dir = Path(args.models_dir) / args.engine
-    train_cfg = TrainConfig(batch_size=args.batch_size, threads=args.threads)
+    train_cfg = TrainConfig(
+        batch_size=args.batch_size,
+        threads=args.threads,
+        ema_decay=args.ema_decay,
+        lr_decay_from=args.lr_decay_from,
+        lr_decay_steps=args.lr_decay_steps,
+        min_lr_factor=args.min_lr_factor,
+    )
     trainer = Trainer(config, out_dir, train_cfg, cache_dir=Path(args.cache_dir))
     try:
         if args.resume:
@@ -305,6 +322,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from train_state.pt")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--threads", type=_non_negative_int, default=0, help="0 = torch default")
+    p.add_argument(
+        "--ema-decay", type=_unit_interval, default=0.995, help="weight EMA decay (default 0.995)"
+    )
+    p.add_argument(
+        "--lr-decay-from",
+        type=_non_negative_int,
+        help="final phase: from this step the learning rate decays (cosine); default: never",
+    )
+    p.add_argument(
+        "--lr-decay-steps", type=_positive_int, default=2000, help="decay length (default 2000)"
+    )
+    p.add_argument(
+        "--min-lr-factor",
+        type=_unit_interval,
+        default=0.1,
+        help="learning rate at the end of the decay, as a fraction of the peak (default 0.1)",
+    )
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
     p.add_argument("--cache-dir", default=".cache", help="prompt-encoding cache (default .cache)")
     p.set_defaults(func=cmd_engines_train)

@@ -18,7 +18,7 @@ from t2i_router.engines import (
     save_engine,
 )
 from t2i_router.engines.export import OnnxDenoiser, export_onnx
-from t2i_router.engines.training import TrainConfig, Trainer, TrainingError
+from t2i_router.engines.training import TrainConfig, Trainer, TrainingError, lr_factor
 from t2i_router.engines.unet import tiny_unet_config
 
 TINY = {c: tiny_unet_config(c) for c in ("pooled", "cross_attention")}
@@ -215,3 +215,32 @@ def test_engine_server_answers_each_request_alone(tiny_engine):
     results = failing.run([request(b"a red circle", 1), request(b"", 2)])
     assert isinstance(results[0], EngineFailure) and "out of memory" in str(results[0])
     assert isinstance(results[1], BadRequest)  # its own error, not the batch's
+
+
+def test_lr_factor_warms_up_holds_and_decays_when_asked():
+    flat = TrainConfig(warmup_steps=10)
+    assert lr_factor(flat, 0) == pytest.approx(0.1)
+    assert lr_factor(flat, 9) == lr_factor(flat, 50_000) == 1.0
+    cfg = TrainConfig(warmup_steps=10, lr_decay_from=100, lr_decay_steps=50, min_lr_factor=0.1)
+    assert lr_factor(cfg, 100) == 1.0
+    assert lr_factor(cfg, 125) == pytest.approx(0.55)  # half way down the cosine
+    assert lr_factor(cfg, 150) == lr_factor(cfg, 10_000) == pytest.approx(0.1)
+    assert all(lr_factor(cfg, s) >= lr_factor(cfg, s + 1) for s in range(10, 200))
+
+
+def test_resume_with_a_new_recipe_records_the_change(encoder, tmp_path):
+    cfg = TrainConfig(prompt_pool=16, batch_size=2)
+    Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder).run(
+        max_steps=2, progress=False, evaluate_at_end=False
+    )
+    final = TrainConfig(prompt_pool=16, batch_size=2, ema_decay=0.999, lr_decay_from=2, threads=1)
+    resumed = Trainer(tiny_engine_config(), tmp_path, final, encoder=encoder)
+    resumed.load_checkpoint()
+    assert resumed.recipe_changes == [
+        {"step": 2, "changes": {"ema_decay": [0.995, 0.999], "lr_decay_from": [None, 2]}}
+    ]
+    resumed.run(max_steps=3, progress=False, evaluate_at_end=False)
+    assert resumed.opt.param_groups[0]["lr"] < cfg.lr  # the decay took over from the checkpoint
+    again = Trainer(tiny_engine_config(), tmp_path, final, encoder=encoder)
+    again.load_checkpoint()
+    assert again.recipe_changes == resumed.recipe_changes  # kept, and no new change

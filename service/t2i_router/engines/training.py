@@ -12,8 +12,10 @@ random states, learning curve) and resumes exactly from it with ``resume=True``.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +48,11 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     ema_decay: float = 0.995
+    # Final phase (off by default): from step ``lr_decay_from`` the learning rate follows a
+    # cosine from ``lr`` down to ``lr * min_lr_factor`` over ``lr_decay_steps`` steps, then holds.
+    lr_decay_from: int | None = None
+    lr_decay_steps: int = 2000
+    min_lr_factor: float = 0.1
     text_dropout: float = 0.1
     data_seed: int = 1000
     prompt_pool: int = 10_000
@@ -76,8 +83,18 @@ def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None)
     return pairs, tokens, mask
 
 
-def _lr_lambda(warmup_steps: int):
-    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+# Settings that change how fast a run goes or how it is observed, not what it learns.
+_RUN_ONLY = frozenset({"threads", "checkpoint_every_s", "eval_every_s"})
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Learning rate at ``step`` over ``cfg.lr``: linear warm-up, flat, then an optional cosine."""
+    factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.lr_decay_from is not None and step > cfg.lr_decay_from:
+        progress = min(1.0, (step - cfg.lr_decay_from) / max(1, cfg.lr_decay_steps))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        factor *= cfg.min_lr_factor + (1.0 - cfg.min_lr_factor) * cosine
+    return factor
 
 
 def evaluate(
@@ -124,7 +141,9 @@ class Trainer:
         self.model = Denoiser(config.unet)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg.warmup_steps))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, functools.partial(lr_factor, self.cfg)
+        )
         self.noise_scheduler = make_scheduler(config.num_train_timesteps, kind="ddpm")
         self.rng = np.random.default_rng(self.cfg.data_seed)
         self.step = 0
@@ -132,6 +151,8 @@ class Trainer:
         self.loss_ema: float | None = None
         self.curve: list[dict] = []
         self.losses: list[tuple[int, float]] = []
+        # Recipe changes made on resume: [{"step": s, "changes": {field: [old, new]}}, ...]
+        self.recipe_changes: list[dict] = []
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -149,6 +170,7 @@ class Trainer:
             "loss_ema": self.loss_ema,
             "curve": self.curve,
             "losses": self.losses,
+            "recipe_changes": self.recipe_changes,
         }
 
     def save_checkpoint(self) -> Path:
@@ -178,6 +200,16 @@ class Trainer:
         self.loss_ema = state["loss_ema"]
         self.curve = state["curve"]
         self.losses = state["losses"]
+        self.recipe_changes = state.get("recipe_changes", [])
+        before = {**asdict(TrainConfig()), **state["train"]}  # fields added later: defaults
+        changes = {
+            k: [before[k], v]
+            for k, v in asdict(self.cfg).items()
+            if k not in _RUN_ONLY and before[k] != v
+        }
+        if changes:
+            self.recipe_changes.append({"step": self.step, "changes": changes})
+            log.info("recipe changed at step %d: %s", self.step, changes)
         log.info("resumed %s at step %d", self.config.name, self.step)
 
     # -- one step ----------------------------------------------------------------------------
