@@ -12,6 +12,7 @@ from t2i_router.cli import main
 from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, save_engine
 from t2i_router.engines.report import (
     REPORT_SEED,
+    _card_markdown,
     gap_report,
     held_out_prompts,
     quality_report,
@@ -105,3 +106,35 @@ def test_cli_report_writes_json_table_and_grid(encoder, tmp_path, capsys):
     capsys.readouterr()
     assert main(["engines", "report", "--models-dir", str(tmp_path / "none")]) == 2
     assert "train it first" in capsys.readouterr().err
+
+
+def test_model_card_markdown_names_recipe_changes_and_the_curve():
+    quality = {lv: 0.5 for lv in COMPLEXITY_LEVELS} | {"all": 0.5}
+    card = {
+        "name": "cloud_large",
+        "parameters": 1234,
+        "config": {
+            "unet": {"conditioning": "cross_attention", "block_out_channels": [8, 16]},
+            "default_steps": 20,
+            "default_guidance": 2.0,
+        },
+        "training": {
+            "steps": 10,
+            "batch_size": 32,
+            "train_minutes": 1.0,
+            "data_seed": 1000,
+            "final_loss_ema": 0.05,
+            "learning_curve": [
+                {"step": 10, "train_minutes": 1.0, "loss_ema": 0.05, "mean_alignment": quality}
+            ],
+            "recipe_changes": [{"step": 5, "changes": {"ema_decay": [0.995, 0.999]}}],
+        },
+        "cost": {
+            "flops_per_image": 2e9,
+            "latency_s_per_image": {"batch_1": 0.1, "batch_32": 0.05},
+            "threads": 2,
+        },
+    }
+    text = _card_markdown(card)
+    assert "- from step 5: ema_decay 0.995 -> 0.999" in text
+    assert "| 10 | 1.0 | 0.05 | " in text

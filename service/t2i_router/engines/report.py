@@ -246,6 +246,7 @@ def write_model_card(engine_dir: Path, encoder: TextEncoder | None = None) -> di
             "final_loss_ema": state["loss_ema"],
             "learning_curve": state["curve"],
             "recipe": state["train"],
+            "recipe_changes": state.get("recipe_changes", []),
         }
     card = {
         "name": config.name,
@@ -273,6 +274,11 @@ def _card_markdown(card: dict) -> str:
         f"- steps trained: {tr.get('steps', 0)} (batch {tr.get('batch_size', '-')}), "
         f"{tr.get('train_minutes', 0)} training minutes, data seed {tr.get('data_seed', '-')}",
         f"- final loss (EMA): {tr.get('final_loss_ema')}",
+        *(
+            f"- from step {c['step']}: "
+            + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in c["changes"].items())
+            for c in tr.get("recipe_changes", [])
+        ),
         f"- default sampling: DDIM {card['config']['default_steps']} steps, guidance "
         f"{card['config']['default_guidance']}",
         f"- cost: {cost['flops_per_image'] / 1e9:.2f} GFLOPs per image; latency per image "
