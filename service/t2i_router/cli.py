@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -226,6 +227,7 @@ def cmd_engines_generate(args: argparse.Namespace) -> None:
 def cmd_engines_report(args: argparse.Namespace) -> None:
     from t2i_router.engines import Engine, TextEncoder, WeightsNotFoundError
     from t2i_router.engines.report import (
+        onnx_engine,
         quality_report,
         report_grid,
         report_table,
@@ -241,7 +243,19 @@ def cmd_engines_report(args: argparse.Namespace) -> None:
     except WeightsNotFoundError as e:
         raise CliError(f"{e}; train it first with `t2i-router engines train`") from e
     untrained = {name: untrained_engine(e.config, encoder) for name, e in engines.items()}
-    report, pairs, images = quality_report(engines, args.n, args.seeds, untrained=untrained)
+    scratch = None
+    if args.runtime == "onnxruntime":  # what Triton serves; faster than torch for the cloud
+        scratch = tempfile.TemporaryDirectory(prefix="t2i-report-")
+        engines = {n: onnx_engine(e, Path(scratch.name) / n) for n, e in engines.items()}
+        untrained = {
+            n: onnx_engine(e, Path(scratch.name) / f"{n}_untrained") for n, e in untrained.items()
+        }
+    try:
+        report, pairs, images = quality_report(engines, args.n, args.seeds, untrained=untrained)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    report["runtime"] = args.runtime
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "engines_report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -249,8 +263,9 @@ def cmd_engines_report(args: argparse.Namespace) -> None:
     goals = "\n".join(f"- {k}: {'yes' if v else 'NO'}" for k, v in report.get("goals", {}).items())
     (out / "engines_report.md").write_text(
         f"# Engine quality report\n\n{report['n_prompts']} held-out prompts x "
-        f"{report['seeds_per_prompt']} seeds, mean alignment. Regenerate: "
-        f"`t2i-router engines report --n {args.n} --seeds {args.seeds}`.\n\n{table}\n"
+        f"{report['seeds_per_prompt']} seeds, mean alignment, UNets run by {args.runtime}. "
+        f"Regenerate: `t2i-router engines report --n {args.n} --seeds {args.seeds} "
+        f"--runtime {args.runtime}`.\n\n{table}\n"
         f"Goals:\n{goals}\n\n![grid](engines_report.png)\n"
     )
     report_grid(pairs, images, out / "engines_report.png")
@@ -358,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=500, help="prompts (default 500)")
     p.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt (default 2)")
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="what runs the UNets: torch, or ONNX Runtime as Triton serves them (default torch)",
+    )
     p.add_argument("--out-dir", default="docs", help="default: docs")
     p.set_defaults(func=cmd_engines_report)
 

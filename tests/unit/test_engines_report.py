@@ -103,6 +103,16 @@ def test_cli_report_writes_json_table_and_grid(encoder, tmp_path, capsys):
     table = (out / "engines_report.md").read_text()
     assert "| cloud - edge |" in table and "--n 4 --seeds 1" in table
     assert (out / "engines_report.png").read_bytes()[:4] == b"\x89PNG"
+    # The same report with the UNets run by ONNX Runtime, as Triton serves them.
+    ort_out = tmp_path / "docs_ort"
+    assert main([*args, "--runtime", "onnxruntime", "--out-dir", str(ort_out)]) == 0
+    ort = json.loads((ort_out / "engines_report.json").read_text())
+    assert (report["runtime"], ort["runtime"]) == ("torch", "onnxruntime")
+    for name, entry in report["engines"].items():
+        assert ort["engines"][name]["mean_alignment"]["all"] == pytest.approx(
+            entry["mean_alignment"]["all"], abs=0.02
+        ), name
+    assert "--runtime onnxruntime" in (ort_out / "engines_report.md").read_text()
     capsys.readouterr()
     assert main(["engines", "report", "--models-dir", str(tmp_path / "none")]) == 2
     assert "train it first" in capsys.readouterr().err

@@ -301,6 +301,14 @@ def _card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def onnx_engine(engine: Engine, workdir: str | Path) -> Engine:
+    """The same engine with its UNet exported to ``workdir`` and run by ONNX Runtime."""
+    from t2i_router.engines.export import OnnxDenoiser, export_onnx
+
+    path = export_onnx(engine.denoise, Path(workdir) / "model.onnx")
+    return Engine(engine.config, OnnxDenoiser(path), engine.encoder)
+
+
 def untrained_engine(config: EngineConfig, encoder: TextEncoder, seed: int = 0) -> Engine:
     torch.manual_seed(seed)
     return Engine(config, Denoiser(config.unet).eval(), encoder)
