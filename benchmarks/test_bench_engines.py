@@ -54,3 +54,21 @@ def test_bench_engine_images_per_s(benchmark, encoder, name, runtime):
     if benchmark.stats is not None:
         benchmark.extra_info["images_per_s"] = round(BATCH / benchmark.stats.stats.median, 2)
         benchmark.extra_info["steps"] = engine.config.default_steps
+
+
+@pytest.mark.parametrize("batch", [1, 8, 32])
+@pytest.mark.parametrize("name", ["edge_small", "cloud_large"])
+def test_bench_onnxruntime_batch_scaling(benchmark, encoder, name, batch):
+    """Images/s of the ONNX Runtime engine (what Triton runs) by batch size, in one run.
+
+    images/s at the best batch over images/s at batch 1 is the most any dynamic batching can
+    gain on this host (issue 4's goal asks 2.5x at concurrency 32).
+    """
+    engine = _engine(name, "onnxruntime", encoder)
+    prompts = [t for t, _ in sample_prompts(batch, seed=1)]
+    seeds = list(range(batch))
+    rounds = max(1, 32 // batch)  # about the same number of images per case
+    images = benchmark.pedantic(engine.generate, (prompts, seeds), rounds=rounds, warmup_rounds=1)
+    assert images.shape == (batch, 32, 32, 3)
+    if benchmark.stats is not None:
+        benchmark.extra_info["images_per_s"] = round(batch / benchmark.stats.stats.median, 2)
