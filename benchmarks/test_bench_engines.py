@@ -43,7 +43,10 @@ def _engine(name: str, runtime: str, encoder: TextEncoder) -> Engine:
     return engine
 
 
-@pytest.mark.parametrize("runtime", ["torch_fp32", "torch_bf16", "onnxruntime"])
+@pytest.mark.parametrize(
+    "runtime",
+    ["torch_fp32", pytest.param("torch_bf16", marks=pytest.mark.native_bf16), "onnxruntime"],
+)
 @pytest.mark.parametrize("name", ["edge_small", "cloud_large"])
 def test_bench_engine_images_per_s(benchmark, encoder, name, runtime):
     engine = _engine(name, runtime, encoder)

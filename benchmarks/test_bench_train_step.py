@@ -31,7 +31,13 @@ CASES = [(d, False) for d in DESIGNS] + [("cloud_self_attention_8x8_only", True)
 
 
 @pytest.mark.parametrize(
-    ("design", "bf16"), CASES, ids=[d + ("_bf16_autocast" if b else "") for d, b in CASES]
+    ("design", "bf16"),
+    [
+        pytest.param(
+            d, b, id=d + ("_bf16_autocast" if b else ""), marks=[pytest.mark.native_bf16] * b
+        )
+        for d, b in CASES
+    ],
 )
 def test_bench_train_step(benchmark, design, bf16):
     torch.manual_seed(0)
