@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from t2i_router.argtypes import non_negative_int, positive_int, unit_interval
 from t2i_router.errors import RouterError
 from t2i_router.imageio import ImageFileError, load_png, save_png
 from t2i_router.triton.cli import add_triton_parser
@@ -36,36 +37,6 @@ log = logging.getLogger("t2i_router.cli")
 
 class CliError(Exception):
     """A user-caused failure; printed as one line, exit status 2."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
-
-
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1]")
-    return value
 
 
 def _parse(text: str, where: str = "") -> object:
@@ -308,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     wsub = world.add_subparsers(dest="world_command", required=True)
 
     p = wsub.add_parser("sample", help="print sampled prompts, one per line")
-    p.add_argument("--n", type=_non_negative_int, default=10, help="how many (default 10)")
+    p.add_argument("--n", type=non_negative_int, default=10, help="how many (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--complexity", choices=COMPLEXITY_LEVELS, help="only this complexity")
     p.set_defaults(func=cmd_world_sample)
@@ -318,13 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="PNG to write for PROMPT")
     p.add_argument("--prompts-file", help="a file of prompts, one per line")
     p.add_argument("--out-dir", help="folder for 0000.png, 0001.png, ... (with --prompts-file)")
-    p.add_argument("--scale", type=_positive_int, default=1, help="integer upscale (default 1)")
+    p.add_argument("--scale", type=positive_int, default=1, help="integer upscale (default 1)")
     p.add_argument("--seed", type=int, default=0, help="layout seed (default 0)")
     p.set_defaults(func=cmd_world_render)
 
     p = wsub.add_parser("demo", help="render and score sample prompts into a captioned grid")
     p.add_argument("--out", default="docs/world_grid.png", help="PNG to write")
-    p.add_argument("--n", type=_positive_int, default=16, help="prompts in all (default 16)")
+    p.add_argument("--n", type=positive_int, default=16, help="prompts in all (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_world_demo)
 
@@ -333,24 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = esub.add_parser("train", help="train an engine on rendered scenes (resumable)")
     p.add_argument("engine", choices=("edge_small", "cloud_large"))
     p.add_argument("--minutes", type=float, help="train this long in this call")
-    p.add_argument("--max-steps", type=_positive_int, help="stop at this many steps in all")
+    p.add_argument("--max-steps", type=positive_int, help="stop at this many steps in all")
     p.add_argument("--resume", action="store_true", help="continue from train_state.pt")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--threads", type=_non_negative_int, default=0, help="0 = torch default")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--threads", type=non_negative_int, default=0, help="0 = torch default")
     p.add_argument(
-        "--ema-decay", type=_unit_interval, default=0.995, help="weight EMA decay (default 0.995)"
+        "--ema-decay", type=unit_interval, default=0.995, help="weight EMA decay (default 0.995)"
     )
     p.add_argument(
         "--lr-decay-from",
-        type=_non_negative_int,
+        type=non_negative_int,
         help="final phase: from this step the learning rate decays (cosine); default: never",
     )
     p.add_argument(
-        "--lr-decay-steps", type=_positive_int, default=2000, help="decay length (default 2000)"
+        "--lr-decay-steps", type=positive_int, default=2000, help="decay length (default 2000)"
     )
     p.add_argument(
         "--min-lr-factor",
-        type=_unit_interval,
+        type=unit_interval,
         default=0.1,
         help="learning rate at the end of the decay, as a fraction of the peak (default 0.1)",
     )
@@ -365,13 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; +1 per line")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the engine's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the engine's)")
-    p.add_argument("--scale", type=_positive_int, default=1, help="integer upscale (default 1)")
+    p.add_argument("--scale", type=positive_int, default=1, help="integer upscale (default 1)")
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
     p.set_defaults(func=cmd_engines_generate)
 
     p = esub.add_parser("report", help="score both engines on held-out prompts (JSON, table, grid)")
-    p.add_argument("--n", type=_positive_int, default=500, help="prompts (default 500)")
-    p.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt (default 2)")
+    p.add_argument("--n", type=positive_int, default=500, help="prompts (default 500)")
+    p.add_argument("--seeds", type=positive_int, default=2, help="seeds per prompt (default 2)")
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
     p.add_argument(
         "--runtime",

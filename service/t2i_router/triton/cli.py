@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from t2i_router.argtypes import port, positive_float
 from t2i_router.errors import (
     InvalidRequest,
     ModelError,
@@ -199,26 +200,6 @@ def cmd_triton_stop(args: argparse.Namespace) -> None:
     state_path.unlink(missing_ok=True)
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {value} is outside 0..65535")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be > 0")
-    return value
-
-
 def cmd_triton_build_repo(args: argparse.Namespace) -> None:
     """Write the engines' model repository and export each engine's ONNX graph if stale."""
     from t2i_router.engines.engine import WeightsNotFoundError
@@ -335,12 +316,12 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
         "start", parents=[common], help="start Triton in the background; print its gRPC address"
     )
     p.add_argument("--model-repository", default="triton_repo", help="default: triton_repo")
-    p.add_argument("--grpc-port", type=_port, default=8001, help="0 picks a free port")
-    p.add_argument("--http-port", type=_port, default=8000, help="0 picks a free port")
-    p.add_argument("--metrics-port", type=_port, default=8002, help="0 picks a free port")
+    p.add_argument("--grpc-port", type=port, default=8001, help="0 picks a free port")
+    p.add_argument("--http-port", type=port, default=8000, help="0 picks a free port")
+    p.add_argument("--metrics-port", type=port, default=8002, help="0 picks a free port")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    p.add_argument("--startup-timeout-s", type=_positive_float, default=120.0)
-    p.add_argument("--stop-grace-s", type=_positive_float, default=20.0)
+    p.add_argument("--startup-timeout-s", type=positive_float, default=120.0)
+    p.add_argument("--stop-grace-s", type=positive_float, default=20.0)
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
     p.set_defaults(func=cmd_triton_start)
 
@@ -370,7 +351,7 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
         "--max-queue-delay-us", type=int, help="default: per engine, from the load benchmark"
     )
     p.add_argument("--fp32", action="store_true", help="build FP32 plans (default: FP16 allowed)")
-    p.add_argument("--workspace-gib", type=_positive_float, default=2.0)
+    p.add_argument("--workspace-gib", type=positive_float, default=2.0)
     p.add_argument(
         "--no-python-stub",
         action="store_true",
@@ -379,7 +360,7 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.set_defaults(func=cmd_triton_build_gpu_repo)
 
     p = tsub.add_parser("status", parents=[common], help="print address and model readiness")
-    p.add_argument("--timeout-s", type=_positive_float, default=10.0)
+    p.add_argument("--timeout-s", type=positive_float, default=10.0)
     p.set_defaults(func=cmd_triton_status)
 
     p = tsub.add_parser("stop", parents=[common], help="stop the Triton that `start` started")
