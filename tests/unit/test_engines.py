@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from t2i_router.engines import (
     save_engine,
 )
 from t2i_router.engines.export import OnnxDenoiser, export_onnx
+from t2i_router.engines.sampler import ddim_sample, rescale_guided
 from t2i_router.engines.training import TrainConfig, Trainer, TrainingError, lr_factor
 from t2i_router.engines.unet import tiny_unet_config
 
@@ -100,8 +103,13 @@ def test_resume_without_checkpoint_or_with_another_config_fails_clearly(encoder,
         trainer.load_checkpoint()
     trainer.run(max_steps=1, progress=False, evaluate_at_end=False)
     other = Trainer(tiny_engine_config("pooled"), tmp_path, cfg, encoder=encoder)
-    with pytest.raises(TrainingError, match="another engine config"):
+    with pytest.raises(TrainingError, match=r"another engine config \(unet\)"):
         other.load_checkpoint()
+    # sampling defaults are not part of what was trained: a resume may change them
+    sampling = replace(tiny_engine_config(), default_guidance=1.0, default_steps=4)
+    resumed = Trainer(sampling, tmp_path, cfg, encoder=encoder)
+    resumed.load_checkpoint()
+    assert resumed.step == 1
 
 
 def test_save_load_round_trip(tiny_engine, tmp_path):
@@ -130,6 +138,58 @@ def test_steps_and_guidance_change_the_image(tiny_engine):
     base = tiny_engine.generate(PROMPTS[:2], [1, 2])
     assert not np.array_equal(base, tiny_engine.generate(PROMPTS[:2], [1, 2], steps=5))
     assert not np.array_equal(base, tiny_engine.generate(PROMPTS[:2], [1, 2], guidance=0.0))
+
+
+def test_guidance_rescale_matches_the_conditional_std_per_image():
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.randn((3, 3, 8, 8), generator=gen)
+    v = 4.0 * torch.randn((3, 3, 8, 8), generator=gen)
+    assert rescale_guided(v, cond, 0.0) is v
+    full = rescale_guided(v, cond, 1.0)
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)))
+    half = rescale_guided(v, cond, 0.5)
+    torch.testing.assert_close(half, 0.5 * full + 0.5 * v)
+    torch.testing.assert_close(
+        rescale_guided(v[1:2], cond[1:2], 0.7), rescale_guided(v, cond, 0.7)[1:2]
+    )
+
+
+def test_guidance_rescale_changes_images_but_not_batch_independence(tiny_engine):
+    rescaled = Engine(
+        replace(tiny_engine.config, guidance_rescale=0.7), tiny_engine.denoise, tiny_engine.encoder
+    )
+    seeds = [10, 11, 12, 13, 14]
+    batch = rescaled.generate(PROMPTS, seeds, guidance=4.0)
+    assert not np.array_equal(batch, tiny_engine.generate(PROMPTS, seeds, guidance=4.0))
+    np.testing.assert_array_equal(rescaled.generate([PROMPTS[1]], [11], guidance=4.0)[0], batch[1])
+
+
+def test_guidance_one_skips_the_empty_prompt_pass_and_mixes_with_others(tiny_engine):
+    rows = []
+
+    def counting(x, t, tokens, mask):
+        rows.append(x.shape[0])
+        return tiny_engine.denoise(x, t, tokens, mask)
+
+    counted = Engine(tiny_engine.config, counting, tiny_engine.encoder)
+    plain = counted.generate(PROMPTS[:2], [1, 2], steps=2, guidance=1.0)
+    assert rows == [2, 2]  # conditional rows only
+    rows.clear()
+    mixed = counted.generate(PROMPTS[:3], [1, 2, 3], steps=2, guidance=[1.0, 1.0, 3.0])
+    assert rows == [4, 4]  # three conditional rows, one empty-prompt row
+    np.testing.assert_array_equal(mixed[:2], plain)
+    alone = tiny_engine.generate(PROMPTS[2:3], [3], steps=2, guidance=3.0)
+    np.testing.assert_array_equal(mixed[2], alone[0])
+
+
+def test_bad_guidance_rescale_is_named(tiny_engine):
+    with pytest.raises(ValueError, match=r"guidance_rescale is 1\.5, must be in \[0, 1\]"):
+        replace(tiny_engine.config, guidance_rescale=1.5)
+    tokens, mask = (torch.from_numpy(a) for a in tiny_engine.encoder.encode(["a red circle"]))
+    with pytest.raises(SamplingError, match=r"guidance_rescale is -0\.1"):
+        ddim_sample(
+            tiny_engine.denoise, tokens, mask, tokens, mask, [0], 2, 2.0, guidance_rescale=-0.1
+        )
 
 
 @pytest.mark.parametrize(

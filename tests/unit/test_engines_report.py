@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,13 +12,16 @@ import torch
 from t2i_router.cli import main
 from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, save_engine
 from t2i_router.engines.report import (
+    REPORT_MAX_N,
     REPORT_SEED,
     _card_markdown,
     gap_report,
     held_out_prompts,
+    measure_cost,
     quality_report,
     score_engine,
     training_texts,
+    tuning_prompts,
 )
 from t2i_router.engines.unet import TINY_ENGINE_UNETS
 from t2i_router.world import COMPLEXITY_LEVELS, sample_prompts
@@ -46,6 +50,21 @@ def test_held_out_prompts_are_balanced_and_never_the_training_prompts():
     first_singles = {t for t, _ in sample_prompts(8, seed=REPORT_SEED, complexity="single")}
     with pytest.raises(ValueError, match="only 0 single prompts"):
         held_out_prompts(8, exclude=first_singles)
+
+
+def test_tuning_prompts_are_neither_training_nor_report_prompts():
+    tuning = tuning_prompts(200)
+    texts = {t for t, _ in tuning}
+    assert len(tuning) == 200
+    assert [s.complexity for _, s in tuning[::50]] == list(COMPLEXITY_LEVELS)
+    assert not texts & training_texts()
+    report_texts = {t for t, _ in held_out_prompts(REPORT_MAX_N, exclude=training_texts())}
+    assert not texts & report_texts
+    # any smaller report is a prefix of the largest one, so it is excluded too
+    small = held_out_prompts(40, exclude=training_texts())
+    assert {t for t, _ in small} <= report_texts
+    with pytest.raises(ValueError, match=f"seed is {REPORT_SEED}, the report's own"):
+        tuning_prompts(8, seed=REPORT_SEED)
 
 
 def test_gap_report_per_level_and_goals():
@@ -135,7 +154,14 @@ def test_model_card_markdown_names_recipe_changes_and_the_curve():
             "data_seed": 1000,
             "final_loss_ema": 0.05,
             "learning_curve": [
-                {"step": 10, "train_minutes": 1.0, "loss_ema": 0.05, "mean_alignment": quality}
+                {"step": 10, "train_minutes": 1.0, "loss_ema": 0.05, "mean_alignment": quality},
+                {
+                    "step": 20,
+                    "train_minutes": 2.0,
+                    "loss_ema": 0.04,
+                    "mean_alignment": quality,
+                    "sampling": {"steps": 20, "guidance": 1.0, "guidance_rescale": 0.0},
+                },
             ],
             "recipe_changes": [{"step": 5, "changes": {"ema_decay": [0.995, 0.999]}}],
         },
@@ -147,4 +173,20 @@ def test_model_card_markdown_names_recipe_changes_and_the_curve():
     }
     text = _card_markdown(card)
     assert "- from step 5: ema_decay 0.995 -> 0.999" in text
-    assert "| 10 | 1.0 | 0.05 | " in text
+    assert "| 10 | 1.0 | 0.05 | * | " in text  # measured before sampling was recorded
+    assert "| 20 | 2.0 | 0.04 | 20 / 1.0 | " in text
+    assert "\\* measured with the engine's default sampling of the time" in text
+    assert "- default sampling: DDIM 20 steps, guidance 2.0\n" in text
+    card["config"] |= {"default_guidance": 3.0, "guidance_rescale": 0.7}
+    assert "guidance 3.0, guidance rescale 0.7\n" in _card_markdown(card)
+    card["config"] |= {"default_guidance": 1.0}
+    assert "guidance 1.0 (the conditional prediction alone" in _card_markdown(card)
+
+
+def test_cost_counts_one_unet_pass_per_step_at_guidance_one(encoder):
+    guided = tiny("cloud_large", encoder)
+    plain = Engine(replace(guided.config, default_guidance=1.0), guided.denoise, encoder)
+    cost_guided, cost_plain = measure_cost(guided, repeats=1), measure_cost(plain, repeats=1)
+    assert (cost_guided["unet_passes_per_step"], cost_plain["unet_passes_per_step"]) == (2, 1)
+    assert cost_guided["flops_per_image"] == 2 * cost_plain["flops_per_image"] > 0
+    assert cost_plain["flops_per_image"] == cost_plain["unet_flops_per_pass"] * 2  # 2 steps

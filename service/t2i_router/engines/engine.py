@@ -141,5 +141,6 @@ class Engine:
                     guidance_v[chunk],
                     self.config.num_train_timesteps,
                     self.config.max_steps,
+                    self.config.guidance_rescale,
                 )
         return images

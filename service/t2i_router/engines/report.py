@@ -32,6 +32,10 @@ from t2i_router.world import (
 log = logging.getLogger(__name__)
 
 REPORT_SEED = 999_000  # a sampler seed never used for training data (training: data_seed 1000)
+# Prompts for choosing settings (sampling sweeps, design trials), so that no default is tuned on
+# the prompts the report then measures it with.
+TUNING_SEED = 998_000
+REPORT_MAX_N = 2000  # tuning prompts avoid the report's prompts for any --n up to this
 
 
 def training_texts(train_cfg: TrainConfig | None = None) -> set[str]:
@@ -65,6 +69,21 @@ def held_out_prompts(
             raise ValueError(f"only {len(fresh)} {lv} prompts outside the excluded texts")
         pairs += fresh[:each]
     return pairs
+
+
+def tuning_prompts(
+    n: int, seed: int = TUNING_SEED, train_cfg: TrainConfig | None = None
+) -> list[tuple[str, object]]:
+    """``n`` prompts for tuning: neither training prompts nor any the report scores.
+
+    The report's prompts for a smaller ``n`` are a prefix of those for a larger one (the sampler
+    draws in sequence), so excluding the report's prompts at ``REPORT_MAX_N`` excludes them all.
+    """
+    if seed == REPORT_SEED:
+        raise ValueError(f"seed is {seed}, the report's own; tuning needs prompts it never scores")
+    seen = training_texts(train_cfg)
+    report = {t for t, _ in held_out_prompts(REPORT_MAX_N, exclude=seen)}
+    return held_out_prompts(n, seed, exclude=seen | report)
 
 
 def score_engine(
@@ -211,10 +230,13 @@ def measure_cost(engine: Engine, repeats: int = 3) -> dict:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x, t, tokens, mask)
     unet_flops = counter.get_total_flops()
+    passes = 1 if cfg.default_guidance == 1.0 else 2
     out = {
         "default_steps": cfg.default_steps,
         "unet_flops_per_pass": int(unet_flops),
-        "flops_per_image": int(unet_flops * 2 * cfg.default_steps),
+        # guidance runs the UNet twice per step, once at exactly 1 (sampler.ddim_sample)
+        "unet_passes_per_step": passes,
+        "flops_per_image": int(unet_flops * passes * cfg.default_steps),
         "latency_s_per_image": {},
     }
     prompts = [t for t, _ in sample_prompts(32, seed=5)]
@@ -260,6 +282,14 @@ def write_model_card(engine_dir: Path, encoder: TextEncoder | None = None) -> di
     return card
 
 
+def _sampling_note(config: dict) -> str:
+    if config["default_guidance"] == 1.0:
+        return " (the conditional prediction alone: one UNet pass per step)"
+    if config.get("guidance_rescale"):
+        return f", guidance rescale {config['guidance_rescale']}"
+    return ""
+
+
 def _card_markdown(card: dict) -> str:
     tr = card["training"]
     cost = card["cost"]
@@ -280,23 +310,35 @@ def _card_markdown(card: dict) -> str:
             for c in tr.get("recipe_changes", [])
         ),
         f"- default sampling: DDIM {card['config']['default_steps']} steps, guidance "
-        f"{card['config']['default_guidance']}",
+        f"{card['config']['default_guidance']}{_sampling_note(card['config'])}",
         f"- cost: {cost['flops_per_image'] / 1e9:.2f} GFLOPs per image; latency per image "
         f"{cost['latency_s_per_image']['batch_1']} s at batch 1, "
         f"{cost['latency_s_per_image']['batch_32']} s at batch 32 ({cost['threads']} threads)",
         "",
         "## Learning curve (mean alignment on fixed held-out prompts)",
         "",
-        "| step | minutes | loss | " + " | ".join(COMPLEXITY_LEVELS) + " | all |",
-        "|---" * (4 + len(COMPLEXITY_LEVELS)) + "|",
+        "| step | minutes | loss | steps / guidance | "
+        + " | ".join(COMPLEXITY_LEVELS)
+        + " | all |",
+        "|---" * (5 + len(COMPLEXITY_LEVELS)) + "|",
     ]
+    unrecorded = False
     for e in tr.get("learning_curve", []):
         q = e["mean_alignment"]
+        sampling = e.get("sampling")
+        unrecorded |= sampling is None
+        how = "*" if sampling is None else f"{sampling['steps']} / {sampling['guidance']}"
         lines.append(
-            f"| {e['step']} | {e['train_minutes']} | {e['loss_ema']} | "
+            f"| {e['step']} | {e['train_minutes']} | {e['loss_ema']} | {how} | "
             + " | ".join(f"{q[lv]:.3f}" for lv in COMPLEXITY_LEVELS)
             + f" | {q['all']:.3f} |"
         )
+    if unrecorded:
+        lines += [
+            "",
+            "\\* measured with the engine's default sampling of the time, which the entry did not"
+            " record (it may differ from today's default above).",
+        ]
     lines += ["", "Regenerate: `t2i-router engines card " + card["name"] + "`.", ""]
     return "\n".join(lines)
 

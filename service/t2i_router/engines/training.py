@@ -83,6 +83,10 @@ def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None)
     return pairs, tokens, mask
 
 
+# The engine fields a checkpoint's weights depend on; the sampling defaults (steps, guidance,
+# rescale, max_steps) may change between runs (the current ones are saved with the weights).
+_TRAINED_FIELDS = ("name", "unet", "num_train_timesteps")
+
 # Settings that change how fast a run goes or how it is observed, not what it learns.
 _RUN_ONLY = frozenset({"threads", "checkpoint_every_s", "eval_every_s"})
 
@@ -187,8 +191,13 @@ class Trainer:
         if not path.exists():
             raise TrainingError(f"cannot resume: {path} does not exist")
         state = torch.load(path, weights_only=False)
-        if state["engine"] != self.config.to_dict():
-            raise TrainingError(f"cannot resume: {path} was trained with another engine config")
+        theirs = {k: state["engine"].get(k) for k in _TRAINED_FIELDS}
+        ours = {k: self.config.to_dict()[k] for k in _TRAINED_FIELDS}
+        if theirs != ours:
+            diff = sorted(k for k in _TRAINED_FIELDS if theirs[k] != ours[k])
+            raise TrainingError(
+                f"cannot resume: {path} was trained with another engine config ({', '.join(diff)})"
+            )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
@@ -299,6 +308,12 @@ class Trainer:
             "train_minutes": round(self.train_seconds / 60.0, 2),
             "loss_ema": None if self.loss_ema is None else round(self.loss_ema, 5),
             "mean_alignment": {k: round(v, 4) for k, v in quality.items()},
+            # the sampling it was measured with: defaults change, entries stay comparable
+            "sampling": {
+                "steps": self.config.default_steps,
+                "guidance": self.config.default_guidance,
+                "guidance_rescale": self.config.guidance_rescale,
+            },
         }
         self.curve.append(entry)
         log.info("eval at step %d: %s", self.step, json.dumps(entry["mean_alignment"]))

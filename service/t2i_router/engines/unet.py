@@ -173,6 +173,8 @@ class EngineConfig:
         default_steps: DDIM steps when a request gives none.
         default_guidance: classifier-free guidance scale when a request gives none.
         max_steps: the largest step count a request may ask for.
+        guidance_rescale: the engine's guidance rescale in [0, 1] (``sampler.rescale_guided``);
+            0 is plain classifier-free guidance.
     """
 
     name: str
@@ -181,6 +183,11 @@ class EngineConfig:
     default_guidance: float = 2.0
     max_steps: int = 100
     num_train_timesteps: int = 1000
+    guidance_rescale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale is {self.guidance_rescale}, must be in [0, 1]")
 
     def to_dict(self) -> dict:
         d = asdict(self)

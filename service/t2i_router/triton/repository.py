@@ -217,7 +217,7 @@ def onnx_batched_io(onnx_path: str | Path) -> tuple[list[TensorSpec], list[Tenso
 
 def unet_max_batch_size(max_batch: int) -> int:
     """Rows the UNet model (and its plan) must take when the engine model batches ``max_batch``
-    images: classifier-free guidance runs each image twice (conditional and empty prompt)."""
+    images: at guidance other than 1 each image runs twice (conditional and empty prompt)."""
     return 2 * max_batch
 
 
