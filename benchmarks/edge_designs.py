@@ -2,8 +2,9 @@
 
 Real edge models lose most on compositional prompts because their text conditioning is weaker
 (DESIGN, "Engines"). This trains each candidate edge UNet for the same number of steps with the
-engines' recipe, then scores it and the committed cloud engine on the report's held-out prompts
-(same prompts, same seeds, same metrics as ``t2i-router engines report``):
+engines' recipe, then scores it and the committed cloud engine on held-out tuning prompts
+(``report.tuning_prompts``: never the ones ``t2i-router engines report`` measures; same seeds
+and metrics as the report):
 
 - ``pooled``: the pooled prompt embedding added to the time embedding, no cross-attention
   (the committed edge_small design);
@@ -33,10 +34,9 @@ import numpy as np
 from t2i_router.engines import ENGINES, Engine, TextEncoder, UNetConfig
 from t2i_router.engines.report import (
     gap_report,
-    held_out_prompts,
     per_level,
     score_engine,
-    training_texts,
+    tuning_prompts,
 )
 from t2i_router.engines.training import TrainConfig, Trainer
 from t2i_router.engines.unet import EDGE_DESIGNS
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
     encoder = TextEncoder()
     train_cfg = TrainConfig(prompt_pool=args.prompt_pool)
     out_dir = Path(args.out_dir)
-    pairs = held_out_prompts(args.n, exclude=training_texts(train_cfg))
+    pairs = tuning_prompts(args.n, train_cfg=train_cfg)
     levels = np.array([s.complexity for _, s in pairs])
     cloud = Engine.load(Path(args.models_dir) / "cloud_large", encoder)
     t0 = time.monotonic()

@@ -1,11 +1,13 @@
 """Sampling sweep: an engine's quality and cost over DDIM steps x guidance scale.
 
 Backs each engine's default steps and guidance (EngineConfig.default_steps/default_guidance):
-it scores the committed engine on the report's held-out prompts (same prompts, seeds and metrics
-as ``t2i-router engines report``) at every combination, and times the generation.
+it scores the committed engine on held-out tuning prompts (``report.tuning_prompts``: neither
+training prompts nor the ones ``t2i-router engines report`` measures, so no default is chosen on
+the report's own prompts; same seeds and metrics as the report) at every combination, and times
+the generation. Each finished setting is written at once; ``--resume`` skips those already written.
 
     .venv/bin/python benchmarks/sampling_sweep.py --engine edge_small --steps 4 6 8
-    .venv/bin/python benchmarks/sampling_sweep.py --engine cloud_large --steps 20 --guidance 1.5 2 3
+    .venv/bin/python benchmarks/sampling_sweep.py --engine cloud_large --steps 20 --guidance 2 3 4
     # writes benchmarks/results/sampling_<engine>.json and docs/sampling_<engine>.md
 """
 
@@ -16,16 +18,21 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from t2i_router.engines import Engine
-from t2i_router.engines.report import held_out_prompts, per_level, training_texts
+from t2i_router.engines.report import TUNING_SEED, per_level, tuning_prompts
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, score_images
 
 log = logging.getLogger("sampling_sweep")
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _key(row: dict) -> tuple[int, float, float]:
+    return row["steps"], row["guidance"], row.get("guidance_rescale", 0.0)
 
 
 def sweep(
@@ -34,48 +41,68 @@ def sweep(
     steps: list[int],
     guidance: list[float],
     seeds_per_prompt: int = 2,
+    done: list[dict] | None = None,
+    on_row=None,
+    rescale: list[float] | None = None,
 ) -> list[dict]:
+    """One row per (steps, guidance, guidance rescale); rows in ``done`` are kept, not rerun;
+    ``on_row(rows)`` is called after each new one."""
     texts = [t for t, _ in pairs]
     specs = [s for _, s in pairs]
     levels = np.array([s.complexity for s in specs])
+    finished = {_key(r): r for r in done or []}
     rows = []
-    for n_steps in steps:
-        for g in guidance:
-            t0 = time.perf_counter()
-            scores = [
-                score_images(
-                    engine.generate(
-                        texts,
-                        [k * 1_000_003 + i for i in range(len(texts))],
-                        steps=n_steps,
-                        guidance=g,
-                    ),
-                    specs,
+    for r in rescale or [engine.config.guidance_rescale]:
+        rescaled = Engine(
+            replace(engine.config, guidance_rescale=r), engine.denoise, engine.encoder
+        )
+        for n_steps in steps:
+            for g in guidance:
+                if (n_steps, g, r) in finished:
+                    rows.append(finished[(n_steps, g, r)])
+                    log.info("steps %d guidance %.2f rescale %.2f: kept", n_steps, g, r)
+                    continue
+                t0 = time.perf_counter()
+                seeds = [
+                    [k * 1_000_003 + i for i in range(len(texts))] for k in range(seeds_per_prompt)
+                ]
+                scores = [
+                    score_images(rescaled.generate(texts, s, steps=n_steps, guidance=g), specs)
+                    for s in seeds
+                ]
+                seconds = time.perf_counter() - t0
+                rows.append(
+                    {
+                        "steps": n_steps,
+                        "guidance": g,
+                        "guidance_rescale": r,
+                        "mean_alignment": per_level(
+                            mean_alignment(np.mean(scores, axis=0)), levels
+                        ),
+                        "seconds_per_image": round(seconds / (len(texts) * seeds_per_prompt), 4),
+                    }
                 )
-                for k in range(seeds_per_prompt)
-            ]
-            seconds = time.perf_counter() - t0
-            rows.append(
-                {
-                    "steps": n_steps,
-                    "guidance": g,
-                    "mean_alignment": per_level(mean_alignment(np.mean(scores, axis=0)), levels),
-                    "seconds_per_image": round(seconds / (len(texts) * seeds_per_prompt), 4),
-                }
-            )
-            log.info("steps %d guidance %.2f: %s", n_steps, g, rows[-1]["mean_alignment"])
+                log.info(
+                    "steps %d guidance %.2f rescale %.2f: %s",
+                    n_steps,
+                    g,
+                    r,
+                    rows[-1]["mean_alignment"],
+                )
+                if on_row is not None:
+                    on_row(rows)
     return rows
 
 
 def table(engine: str, rows: list[dict]) -> str:
     cols = [*COMPLEXITY_LEVELS, "all"]
     lines = [
-        "| steps | guidance | " + " | ".join(cols) + " | s/image |",
-        "|---" * (len(cols) + 3) + "|",
+        "| steps | guidance | rescale | " + " | ".join(cols) + " | s/image |",
+        "|---" * (len(cols) + 4) + "|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['steps']} | {r['guidance']} | "
+            f"| {r['steps']} | {r['guidance']} | {r.get('guidance_rescale', 0.0)} | "
             + " | ".join(f"{r['mean_alignment'][c]:.3f}" for c in cols)
             + f" | {r['seconds_per_image']} |"
         )
@@ -87,28 +114,73 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--engine", default="edge_small")
     parser.add_argument("--steps", nargs="+", type=int, default=[4, 6, 8])
     parser.add_argument("--guidance", nargs="+", type=float, default=[1.5, 2.0, 3.0])
+    parser.add_argument(
+        "--rescale",
+        nargs="+",
+        type=float,
+        help="guidance rescale values (default: the engine's own)",
+    )
     parser.add_argument("--n", type=int, default=200, help="held-out prompts (default 200)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
+    parser.add_argument(
+        "--prompt-seed",
+        type=int,
+        default=TUNING_SEED,
+        help=f"sampler seed of the tuning prompts (default {TUNING_SEED})",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the settings already in the results JSON"
+    )
     parser.add_argument("--models-dir", default=str(ROOT / "models"))
     parser.add_argument("--results-dir", default=str(ROOT / "benchmarks/results"))
     parser.add_argument("--docs-dir", default=str(ROOT / "docs"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     engine = Engine.load(Path(args.models_dir) / args.engine)
-    pairs = held_out_prompts(args.n, exclude=training_texts())
-    rows = sweep(engine, pairs, args.steps, args.guidance, args.seeds)
-    result = {"engine": args.engine, "n_prompts": len(pairs), "seeds": args.seeds, "rows": rows}
+    pairs = tuning_prompts(args.n, seed=args.prompt_seed)
+    meta = {
+        "engine": args.engine,
+        "n_prompts": len(pairs),
+        "seeds": args.seeds,
+        "prompt_seed": args.prompt_seed,
+    }
     out = Path(args.results_dir) / f"sampling_{args.engine}.json"
+    done: list[dict] = []
+    commands: list[str] = []
+    if args.resume and out.exists():
+        previous = json.loads(out.read_text())
+        if {k: previous.get(k) for k in meta} != meta:
+            theirs = {k: previous.get(k) for k in meta}
+            parser.error(f"--resume: {out} was written with {theirs}, this run is {meta}")
+        done = previous["rows"]
+        commands = previous.get("commands", [])
+    argv = sys.argv[1:] if argv is None else argv
+    commands.append(" ".join(["benchmarks/sampling_sweep.py", *argv]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def merged(rows: list[dict]) -> list[dict]:
+        return sorted({_key(r): r for r in done + rows}.values(), key=_key)
+
+    def save(rows: list[dict]) -> None:
+        result = {**meta, "commands": commands, "rows": merged(rows)}
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    rows = sweep(
+        engine, pairs, args.steps, args.guidance, args.seeds, done, save, rescale=args.rescale
+    )
+    save(rows)
     doc = Path(args.docs_dir) / f"sampling_{args.engine}.md"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(
-        f"# Sampling sweep: {args.engine}\n\nRegenerate: `.venv/bin/python "
-        f"benchmarks/sampling_sweep.py {' '.join(sys.argv[1:] if argv is None else argv)}` "
-        f"({len(pairs)} held-out prompts x {args.seeds} seeds).\n\n" + table(args.engine, rows)
+        f"# Sampling sweep: {args.engine}\n\n{len(pairs)} tuning prompts (sampler seed "
+        f"{args.prompt_seed}; none is a training prompt or one the engine report scores) x "
+        f"{args.seeds} seeds. Regenerate (each later command adds its settings to the table):\n\n"
+        "```\n"
+        + "\n".join(f".venv/bin/python {c}" for c in commands)
+        + "\n```\n\n"
+        + table(args.engine, merged(rows))
     )
-    print(table(args.engine, rows))
+    print(table(args.engine, merged(rows)))
     return rows
 
 
