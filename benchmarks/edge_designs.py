@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--steps", type=int, default=2000, help="training steps per design")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints")
-    parser.add_argument("--n", type=int, default=200, help="held-out prompts (default 200)")
+    parser.add_argument("--n", type=int, default=200, help="tuning prompts (default 200)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
     parser.add_argument("--prompt-pool", type=int, default=TrainConfig.prompt_pool)
     parser.add_argument("--models-dir", default=str(ROOT / "models"), help="the cloud engine")
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.table).write_text(
             "# Edge designs\n\nRegenerate: `.venv/bin/python benchmarks/edge_designs.py` (this run:"
             f" `{' '.join(sys.argv[1:] if argv is None else argv) or 'defaults'}`; "
-            f"{result['n_prompts']} held-out prompts x {result['seeds_per_prompt']} seeds).\n\n"
-            + table(result)
+            f"{result['n_prompts']} tuning prompts (report.tuning_prompts) x "
+            f"{result['seeds_per_prompt']} seeds).\n\n" + table(result)
         )
     print(table(result))
     return result

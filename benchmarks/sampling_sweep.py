@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         type=float,
         help="guidance rescale values (default: the engine's own)",
     )
-    parser.add_argument("--n", type=int, default=200, help="held-out prompts (default 200)")
+    parser.add_argument("--n", type=int, default=200, help="tuning prompts (default 200)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
     parser.add_argument(
         "--prompt-seed",
