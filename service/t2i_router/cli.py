@@ -151,18 +151,33 @@ DEFAULT_MODELS_DIR = "models"
 
 def cmd_engines_train(args: argparse.Namespace) -> None:
     from t2i_router.engines import ENGINES
-    from t2i_router.engines.training import TrainConfig, Trainer, TrainingError
+    from t2i_router.engines.training import (
+        TrainConfig,
+        Trainer,
+        TrainingError,
+        checkpoint_recipe,
+    )
 
     config = ENGINES[args.engine]
     out_dir = Path(args.models_dir) / args.engine
-    train_cfg = TrainConfig(
-        batch_size=args.batch_size,
-        threads=args.threads,
-        ema_decay=args.ema_decay,
-        lr_decay_from=args.lr_decay_from,
-        lr_decay_steps=args.lr_decay_steps,
-        min_lr_factor=args.min_lr_factor,
-    )
+    # Flags left out are None: a fresh run takes the recipe's defaults, a resumed one keeps
+    # what its checkpoint was trained with.
+    given = {
+        k: v
+        for k, v in {
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "ema_decay": args.ema_decay,
+            "lr_decay_from": args.lr_decay_from,
+            "lr_decay_steps": args.lr_decay_steps,
+            "min_lr_factor": args.min_lr_factor,
+        }.items()
+        if v is not None
+    }
+    try:
+        train_cfg = checkpoint_recipe(out_dir, **given) if args.resume else TrainConfig(**given)
+    except TrainingError as e:
+        raise CliError(str(e)) from e
     trainer = Trainer(config, out_dir, train_cfg, cache_dir=Path(args.cache_dir))
     try:
         if args.resume:
@@ -306,23 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, help="train this long in this call")
     p.add_argument("--max-steps", type=positive_int, help="stop at this many steps in all")
     p.add_argument("--resume", action="store_true", help="continue from train_state.pt")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--threads", type=non_negative_int, default=0, help="0 = torch default")
-    p.add_argument(
-        "--ema-decay", type=unit_interval, default=0.995, help="weight EMA decay (default 0.995)"
-    )
+    # Recipe flags default to None: "the recipe's default" on a fresh run, "the checkpoint's
+    # value" with --resume (help texts name the fresh-run default).
+    p.add_argument("--batch-size", type=positive_int, help="images per step (default 32)")
+    p.add_argument("--threads", type=non_negative_int, help="torch threads (default: torch's)")
+    p.add_argument("--ema-decay", type=unit_interval, help="weight EMA decay (default 0.995)")
     p.add_argument(
         "--lr-decay-from",
         type=non_negative_int,
         help="final phase: from this step the learning rate decays (cosine); default: never",
     )
-    p.add_argument(
-        "--lr-decay-steps", type=positive_int, default=2000, help="decay length (default 2000)"
-    )
+    p.add_argument("--lr-decay-steps", type=positive_int, help="decay length (default 2000)")
     p.add_argument(
         "--min-lr-factor",
         type=unit_interval,
-        default=0.1,
         help="learning rate at the end of the decay, as a fraction of the peak (default 0.1)",
     )
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")

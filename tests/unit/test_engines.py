@@ -21,7 +21,13 @@ from t2i_router.engines import (
 )
 from t2i_router.engines.export import OnnxDenoiser, export_onnx
 from t2i_router.engines.sampler import ddim_sample, rescale_guided
-from t2i_router.engines.training import TrainConfig, Trainer, TrainingError, lr_factor
+from t2i_router.engines.training import (
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    checkpoint_recipe,
+    lr_factor,
+)
 from t2i_router.engines.unet import tiny_unet_config
 
 TINY = {c: tiny_unet_config(c) for c in ("pooled", "cross_attention")}
@@ -304,3 +310,24 @@ def test_resume_with_a_new_recipe_records_the_change(encoder, tmp_path):
     again = Trainer(tiny_engine_config(), tmp_path, final, encoder=encoder)
     again.load_checkpoint()
     assert again.recipe_changes == resumed.recipe_changes  # kept, and no new change
+
+
+def test_resume_keeps_the_checkpoints_recipe_for_settings_not_given(encoder, tmp_path):
+    with pytest.raises(TrainingError, match="does not exist"):
+        checkpoint_recipe(tmp_path)
+    final = TrainConfig(
+        prompt_pool=16, batch_size=2, ema_decay=0.999, lr_decay_from=2, lr_decay_steps=7, threads=1
+    )
+    Trainer(tiny_engine_config(), tmp_path, final, encoder=encoder).run(
+        max_steps=2, progress=False, evaluate_at_end=False
+    )
+    kept = checkpoint_recipe(tmp_path)
+    assert kept == replace(final, threads=0)  # threads belong to a run, not to the recipe
+    assert checkpoint_recipe(tmp_path, lr_decay_steps=9, threads=2) == replace(
+        final, lr_decay_steps=9, threads=2
+    )
+    with pytest.raises(TrainingError, match="unknown training settings: lr_warmup"):
+        checkpoint_recipe(tmp_path, lr_warmup=5)
+    resumed = Trainer(tiny_engine_config(), tmp_path, kept, encoder=encoder)
+    resumed.load_checkpoint()
+    assert resumed.recipe_changes == []  # nothing silently reset to a default

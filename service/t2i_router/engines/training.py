@@ -91,6 +91,26 @@ _TRAINED_FIELDS = ("name", "unet", "num_train_timesteps")
 _RUN_ONLY = frozenset({"threads", "checkpoint_every_s", "eval_every_s"})
 
 
+def checkpoint_recipe(out_dir: str | Path, **overrides: object) -> TrainConfig:
+    """The recipe ``out_dir``'s checkpoint was trained with, with ``overrides`` applied.
+
+    Resuming continues that recipe: a setting not named in ``overrides`` keeps the checkpoint's
+    value (not the default, which would silently undo a final phase, say). Settings of the run
+    alone (threads, checkpoint and eval intervals) and fields added to :class:`TrainConfig`
+    after the checkpoint was written take their defaults.
+    """
+    path = Path(out_dir) / STATE_FILE
+    if not path.exists():
+        raise TrainingError(f"cannot resume: {path} does not exist")
+    saved = torch.load(path, weights_only=False, map_location="cpu")["train"]
+    known = set(asdict(TrainConfig()))
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TrainingError(f"unknown training settings: {', '.join(unknown)}")
+    kept = {k: v for k, v in saved.items() if k in known and k not in _RUN_ONLY}
+    return TrainConfig(**{**kept, **overrides})
+
+
 def lr_factor(cfg: TrainConfig, step: int) -> float:
     """Learning rate at ``step`` over ``cfg.lr``: linear warm-up, flat, then an optional cosine."""
     factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
