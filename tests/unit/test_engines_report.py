@@ -12,11 +12,13 @@ import torch
 from t2i_router.cli import main
 from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, save_engine
 from t2i_router.engines.report import (
+    CURVE_FILE,
     REPORT_MAX_N,
     REPORT_SEED,
     _card_markdown,
     gap_report,
     held_out_prompts,
+    learning_curve_plot,
     measure_cost,
     quality_report,
     score_engine,
@@ -172,6 +174,7 @@ def test_model_card_markdown_names_recipe_changes_and_the_curve():
         },
     }
     text = _card_markdown(card)
+    assert f"![learning curve]({CURVE_FILE})" in text
     assert "- from step 5: ema_decay 0.995 -> 0.999" in text
     assert "| 10 | 1.0 | 0.05 | * | " in text  # measured before sampling was recorded
     assert "| 20 | 2.0 | 0.04 | 20 / 1.0 | " in text
@@ -181,6 +184,24 @@ def test_model_card_markdown_names_recipe_changes_and_the_curve():
     assert "guidance 3.0, guidance rescale 0.7\n" in _card_markdown(card)
     card["config"] |= {"default_guidance": 1.0}
     assert "guidance 1.0 (the conditional prediction alone" in _card_markdown(card)
+
+
+def test_learning_curve_plot_draws_every_level_and_the_recipe_changes(tmp_path):
+    from PIL import Image
+
+    curve = []
+    for step in (100, 200, 300):
+        quality = {lv: 0.2 * k + step / 1000 for k, lv in enumerate(COMPLEXITY_LEVELS)}
+        curve.append(
+            {"step": step, "mean_alignment": quality | {"all": np.mean([*quality.values()])}}
+        )
+    path = learning_curve_plot(
+        curve, [{"step": 150, "changes": {}}], tmp_path / "curve.png", "tiny"
+    )
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape == (360, 640, 3)
+    # Lines in colour (the levels), a black line (all) and gray dashes: far from a blank canvas.
+    assert (image.std(axis=2) > 40).sum() > 500
 
 
 def test_cost_counts_one_unet_pass_per_step_at_guidance_one(encoder):

@@ -217,6 +217,55 @@ def report_grid(
     return path
 
 
+CURVE_FILE = "learning_curve.png"
+
+
+def learning_curve_plot(
+    curve: Sequence[dict], recipe_changes: Sequence[dict], path: Path, title: str
+) -> Path:
+    """PNG: mean alignment per complexity level (and over all) against training step.
+
+    Dashed vertical lines mark the steps where the recipe changed on resume (a final phase,
+    a restarted decay), so that a jump in the curve can be read against its cause.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [e["step"] for e in curve]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for level in (*COMPLEXITY_LEVELS, "all"):
+        ax.plot(
+            steps,
+            [e["mean_alignment"][level] for e in curve],
+            marker="o",
+            markersize=3,
+            linewidth=2.4 if level == "all" else 1.2,
+            color="black" if level == "all" else None,
+            label=level,
+        )
+    for i, change in enumerate(recipe_changes):
+        ax.axvline(
+            change["step"],
+            color="gray",
+            linestyle="--",
+            linewidth=0.8,
+            label="recipe changed" if i == 0 else None,
+        )
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean alignment (held-out eval prompts)")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncols=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def measure_cost(engine: Engine, repeats: int = 3) -> dict:
     """FLOPs per image at the default steps (guided: two UNet passes per step) and latency."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -277,6 +326,13 @@ def write_model_card(engine_dir: Path, encoder: TextEncoder | None = None) -> di
         "training": train,
         "cost": measure_cost(engine),
     }
+    if train.get("learning_curve"):
+        learning_curve_plot(
+            train["learning_curve"],
+            train["recipe_changes"],
+            engine_dir / CURVE_FILE,
+            f"{config.name}: learning curve ({train['steps']:,} steps)",
+        )
     (engine_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     (engine_dir / "MODEL_CARD.md").write_text(_card_markdown(card))
     return card
@@ -317,6 +373,7 @@ def _card_markdown(card: dict) -> str:
         "",
         "## Learning curve (mean alignment on fixed held-out prompts)",
         "",
+        *([f"![learning curve]({CURVE_FILE})", ""] if tr.get("learning_curve") else []),
         "| step | minutes | loss | steps / guidance | "
         + " | ".join(COMPLEXITY_LEVELS)
         + " | all |",
