@@ -213,6 +213,7 @@ def cmd_engines_generate(args: argparse.Namespace) -> None:
 def cmd_engines_report(args: argparse.Namespace) -> None:
     from t2i_router.engines import Engine, TextEncoder, WeightsNotFoundError
     from t2i_router.engines.report import (
+        aspect_table,
         onnx_engine,
         quality_report,
         report_grid,
@@ -247,12 +248,18 @@ def cmd_engines_report(args: argparse.Namespace) -> None:
     (out / "engines_report.json").write_text(json.dumps(report, indent=2) + "\n")
     table = report_table(report)
     goals = "\n".join(f"- {k}: {'yes' if v else 'NO'}" for k, v in report.get("goals", {}).items())
+    aspects = (
+        f"Where the gap comes from: each alignment aspect by level, edge / cloud.\n\n"
+        f"{aspect_table(report)}\n"
+        if "gap" in report
+        else ""
+    )
     (out / "engines_report.md").write_text(
         f"# Engine quality report\n\n{report['n_prompts']} held-out prompts x "
         f"{report['seeds_per_prompt']} seeds, mean alignment, UNets run by {args.runtime}. "
         f"Regenerate: `t2i-router engines report --n {args.n} --seeds {args.seeds} "
         f"--runtime {args.runtime}`.\n\n{table}\n"
-        f"Goals:\n{goals}\n\n![grid](engines_report.png)\n"
+        f"Goals:\n{goals}\n\n{aspects}![grid](engines_report.png)\n"
     )
     report_grid(pairs, images, out / "engines_report.png")
     print(table, end="")

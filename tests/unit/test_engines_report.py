@@ -16,6 +16,8 @@ from t2i_router.engines.report import (
     REPORT_MAX_N,
     REPORT_SEED,
     _card_markdown,
+    aspect_table,
+    aspects_by_level,
     gap_report,
     held_out_prompts,
     learning_curve_plot,
@@ -92,6 +94,35 @@ def test_gap_report_per_level_and_goals():
     }
 
 
+def test_aspects_by_level_skip_aspects_that_do_not_apply():
+    nan = float("nan")
+    #                   background color count shape size relation sharpness cleanliness
+    scores = np.array(
+        [
+            [1.0, 1.0, 0.5, 1.0, 0.0, nan, 0.9, 1.0],  # single
+            [1.0, 0.5, 1.0, 0.0, 1.0, nan, 0.9, 1.0],  # single
+            [0.0, 1.0, 1.0, 1.0, 1.0, 0.25, 0.9, 1.0],  # relation
+        ]
+    )
+    levels = np.array(["single", "single", "relation"])
+    by_level = aspects_by_level(scores, levels)
+    assert by_level["single"] == {
+        "background": 1.0,
+        "color": 0.75,
+        "count": 0.75,
+        "shape": 0.5,
+        "size": 0.5,
+        "relation": None,
+    }
+    assert by_level["relation"]["relation"] == 0.25 and by_level["relation"]["background"] == 0.0
+    assert by_level["group"]["color"] is None  # no prompt of that level
+    report = {"engines": {"edge_small": {"aspects_by_level": by_level}}}
+    report["engines"]["cloud_large"] = {"aspects_by_level": aspects_by_level(1 - scores, levels)}
+    table = aspect_table(report)
+    assert "| shape | 0.500 / 0.500 | - | - | 1.000 / 0.000 |" in table
+    assert "| relation | - | - | - | 0.250 / 0.750 |" in table
+
+
 def test_engines_are_compared_on_the_same_seeds(encoder):
     engine = tiny("edge_small", encoder)
     pairs = held_out_prompts(4)
@@ -123,6 +154,7 @@ def test_cli_report_writes_json_table_and_grid(encoder, tmp_path, capsys):
     assert set(report["goals"]) >= {"cloud_beats_edge_by_0.15", "gap_grows_with_complexity"}
     table = (out / "engines_report.md").read_text()
     assert "| cloud - edge |" in table and "--n 4 --seeds 1" in table
+    assert "| aspect (edge_small / cloud_large) |" in table
     assert (out / "engines_report.png").read_bytes()[:4] == b"\x89PNG"
     # The same report with the UNets run by ONNX Runtime, as Triton serves them.
     ort_out = tmp_path / "docs_ort"

@@ -21,6 +21,7 @@ from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.engines.training import TrainConfig
 from t2i_router.engines.unet import Denoiser, EngineConfig
 from t2i_router.world import (
+    ALIGNMENT_ASPECTS,
     ASPECTS,
     COMPLEXITY_LEVELS,
     mean_alignment,
@@ -105,6 +106,34 @@ def score_engine(
     return np.mean(scores, axis=0), first
 
 
+def aspects_by_level(scores: np.ndarray, levels: np.ndarray) -> dict[str, dict[str, float]]:
+    """Mean of each alignment aspect per complexity level (None where it does not apply)."""
+    out: dict[str, dict[str, float]] = {}
+    for lv in COMPLEXITY_LEVELS:
+        rows = scores[levels == lv]
+        out[lv] = {}
+        for i, a in enumerate(ALIGNMENT_ASPECTS):
+            col = rows[:, i][~np.isnan(rows[:, i])]
+            out[lv][a] = round(float(col.mean()), 4) if col.size else None
+    return out
+
+
+def aspect_table(report: dict, engines: Sequence[str] = ("edge_small", "cloud_large")) -> str:
+    """Markdown table: each alignment aspect per level as ``edge / cloud`` (where the gap is)."""
+    per = [report["engines"][name]["aspects_by_level"] for name in engines]
+    lines = [
+        f"| aspect ({' / '.join(engines)}) | " + " | ".join(COMPLEXITY_LEVELS) + " |",
+        "|---" * (len(COMPLEXITY_LEVELS) + 1) + "|",
+    ]
+    for a in ALIGNMENT_ASPECTS:
+        cells = []
+        for lv in COMPLEXITY_LEVELS:
+            values = [p[lv][a] for p in per]
+            cells.append("-" if None in values else " / ".join(f"{v:.3f}" for v in values))
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def gap_report(edge: np.ndarray, cloud: np.ndarray, levels: np.ndarray) -> dict:
     """Per-prompt routing gap between two engines' mean alignments, and issue 3's goals on it."""
     gap = cloud - edge
@@ -147,6 +176,7 @@ def quality_report(
         report["engines"][name] = {
             "mean_alignment": per_level(align[name], levels),
             "aspects": {a: round(float(np.nanmean(q[:, i])), 4) for i, a in enumerate(ASPECTS)},
+            "aspects_by_level": aspects_by_level(q, levels),
             "seconds": round(time.monotonic() - t0, 1),
         }
         log.info("%s: %s", name, report["engines"][name]["mean_alignment"])
