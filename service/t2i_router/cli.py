@@ -171,6 +171,8 @@ def cmd_engines_train(args: argparse.Namespace) -> None:
             "lr_decay_from": args.lr_decay_from,
             "lr_decay_steps": args.lr_decay_steps,
             "min_lr_factor": args.min_lr_factor,
+            "device": args.device,
+            "data_workers": args.data_workers,
         }.items()
         if v is not None
     }
@@ -339,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="final phase: from this step the learning rate decays (cosine); default: never",
     )
     p.add_argument("--lr-decay-steps", type=positive_int, help="decay length (default 2000)")
+    p.add_argument("--device", help="where the UNet trains: cpu (default) or cuda")
+    p.add_argument(
+        "--data-workers",
+        type=non_negative_int,
+        help="processes rendering batches ahead (default 0; a GPU needs several)",
+    )
     p.add_argument(
         "--min-lr-factor",
         type=unit_interval,

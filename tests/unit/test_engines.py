@@ -25,6 +25,7 @@ from t2i_router.engines.training import (
     TrainConfig,
     Trainer,
     TrainingError,
+    batch_stream,
     checkpoint_recipe,
     lr_factor,
 )
@@ -76,13 +77,11 @@ def test_a_few_training_steps_reduce_the_loss_on_a_fixed_batch(encoder, tmp_path
     trainer = Trainer(
         tiny_engine_config(), tmp_path, TrainConfig(prompt_pool=32, batch_size=8), encoder=encoder
     )
-    x, tokens, mask = trainer.batch()
-    trainer.batch = lambda: (x, tokens, mask)  # the same batch every step
-    torch.manual_seed(1)
-    first = np.mean([trainer.train_step() for _ in range(5)])
+    fixed = trainer.batch()  # the same batch every step
+    first = np.mean([trainer.train_step(fixed) for _ in range(5)])
     for _ in range(40):
-        trainer.train_step()
-    last = np.mean([trainer.train_step() for _ in range(5)])
+        trainer.train_step(fixed)
+    last = np.mean([trainer.train_step(fixed) for _ in range(5)])
     assert last < 0.8 * first
 
 
@@ -100,6 +99,54 @@ def test_training_resumes_exactly(encoder, tmp_path):
         straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_a_steps_batch_is_the_same_with_any_number_of_render_workers(encoder, tmp_path):
+    cfg = TrainConfig(prompt_pool=32, batch_size=4)
+    trainer = Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder)
+    pool, steps = trainer.pairs, trainer.config.num_train_timesteps
+    inline = batch_stream(pool, cfg, steps, first_step=5)
+    workers = batch_stream(pool, replace(cfg, data_workers=2), steps, first_step=5)
+    for step in range(5, 10):
+        a, b = next(inline), next(workers)
+        for field in ("images", "pool_index", "drop", "noise", "timesteps"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+        np.testing.assert_array_equal(a.images, trainer.batch(step).images)
+    workers.close()  # terminates its processes
+    assert a.images.shape == (4, 3, 32, 32) and a.images.dtype == np.float32
+    assert a.images.min() >= -1.0 and a.images.max() <= 1.0
+    assert not np.array_equal(trainer.batch(0).noise, trainer.batch(1).noise)
+
+
+def test_training_on_a_missing_gpu_fails_clearly(encoder, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA device")
+    with pytest.raises(TrainingError, match="device is 'cuda', but torch sees no CUDA device"):
+        Trainer(tiny_engine_config(), tmp_path, TrainConfig(prompt_pool=4, device="cuda"), encoder)
+
+
+@pytest.mark.gpu
+def test_a_checkpoint_written_on_the_gpu_resumes_on_the_cpu(encoder, tmp_path):
+    cfg = TrainConfig(prompt_pool=32, batch_size=4, data_workers=1)
+    on_gpu = Trainer(tiny_engine_config(), tmp_path, replace(cfg, device="cuda"), encoder=encoder)
+    on_gpu.run(max_steps=2, progress=False, evaluate_at_end=True)
+    assert on_gpu.curve and next(on_gpu.model.parameters()).is_cuda
+    on_cpu = Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder)
+    on_cpu.load_checkpoint()
+    assert on_cpu.step == 2 and not next(on_cpu.model.parameters()).is_cuda
+    reference = Trainer(tiny_engine_config(), tmp_path / "cpu", cfg, encoder=encoder)
+    reference.run(max_steps=2, progress=False, evaluate_at_end=False)
+    for (name, a), b in zip(
+        reference.model.state_dict().items(), on_cpu.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)  # same data, any device
+    saved, _ = load_denoiser(tmp_path)  # the engine the GPU run saved loads here
+    for (name, a), b in zip(
+        saved.state_dict().items(), on_cpu.ema.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    on_cpu.run(max_steps=3, progress=False, evaluate_at_end=False)
+    assert on_cpu.step == 3
 
 
 def test_resume_without_checkpoint_or_with_another_config_fails_clearly(encoder, tmp_path):

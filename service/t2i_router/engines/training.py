@@ -5,18 +5,24 @@ warm-up, gradient clipping, EMA weights, the prompt dropped to the empty prompt 
 so that classifier-free guidance works. Prompts come from a fixed pool (encoded once and cached),
 each drawn with a fresh random layout, so no two training images repeat.
 
-A run checkpoints every few minutes into ``train_state.pt`` (model, EMA, optimizer, schedule,
-random states, learning curve) and resumes exactly from it with ``resume=True``.
+Every random draw of step ``s`` (prompts, layouts, text dropout, noise, timesteps) comes from a
+generator seeded by ``(data_seed, s)`` and is made in NumPy on the CPU, so a step's batch is the
+same whatever the device, the number of render workers, or where a run was resumed. A run
+checkpoints every few minutes into ``train_state.pt`` (model, EMA, optimizer, schedule, learning
+curve; tensors on the CPU) and resumes exactly from it.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import json
 import logging
 import math
+import multiprocessing
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,6 +67,8 @@ class TrainConfig:
     eval_prompts_per_level: int = 16
     eval_seed: int = 777_000  # never used for training data
     threads: int = 0  # 0 = torch's default
+    device: str = "cpu"  # where the UNet trains ("cuda" on a GPU host); data stays on the CPU
+    data_workers: int = 0  # processes rendering batches ahead (0: render in the training loop)
 
 
 def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None):
@@ -88,7 +96,92 @@ def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None)
 _TRAINED_FIELDS = ("name", "unet", "num_train_timesteps")
 
 # Settings that change how fast a run goes or how it is observed, not what it learns.
-_RUN_ONLY = frozenset({"threads", "checkpoint_every_s", "eval_every_s"})
+_RUN_ONLY = frozenset({"threads", "checkpoint_every_s", "eval_every_s", "device", "data_workers"})
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training step's data, all drawn on the CPU in NumPy (picklable across processes)."""
+
+    images: np.ndarray  # (B, 3, 32, 32) float32 in [-1, 1]
+    pool_index: np.ndarray  # (B,) rows of the prompt pool
+    drop: np.ndarray  # (B,) bool: the prompt replaced by the empty prompt
+    noise: np.ndarray  # (B, 3, 32, 32) float32
+    timesteps: np.ndarray  # (B,) int64
+
+
+def draw_batch(
+    pairs: Sequence[tuple[str, object]], cfg: TrainConfig, num_train_timesteps: int, step: int
+) -> Batch:
+    """The batch of training step ``step``: a pure function of its arguments."""
+    rng = np.random.default_rng([cfg.data_seed, step])
+    b = cfg.batch_size
+    idx = rng.integers(len(pairs), size=b)
+    layout_seeds = rng.integers(2**62, size=b)
+    images = np.stack([render(pairs[i][1], int(s)) for i, s in zip(idx, layout_seeds, strict=True)])
+    return Batch(
+        images=np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0,
+        pool_index=idx,
+        drop=rng.random(b) < cfg.text_dropout,
+        noise=rng.standard_normal((b, 3, 32, 32), dtype=np.float32),
+        timesteps=rng.integers(0, num_train_timesteps, size=b),
+    )
+
+
+# Render workers keep the pool's specs from their initializer: one copy per process, sent once.
+_worker_args: tuple = ()
+
+
+def _init_worker(pairs, cfg: TrainConfig, num_train_timesteps: int) -> None:
+    global _worker_args
+    _worker_args = (pairs, cfg, num_train_timesteps)
+
+
+def _draw_in_worker(step: int) -> Batch:
+    return draw_batch(*_worker_args, step)
+
+
+def batch_stream(
+    pairs: Sequence[tuple[str, object]],
+    cfg: TrainConfig,
+    num_train_timesteps: int,
+    first_step: int,
+) -> Iterator[Batch]:
+    """Batches of steps ``first_step, first_step + 1, ...``, rendered ahead by ``cfg.data_workers``.
+
+    Workers only run NumPy (no torch), so forking them from a process with torch threads is safe;
+    at most two batches per worker are in flight.
+    """
+    if cfg.data_workers == 0:
+        step = first_step
+        while True:
+            yield draw_batch(pairs, cfg, num_train_timesteps, step)
+            step += 1
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(
+        cfg.data_workers, _init_worker, (pairs, cfg, num_train_timesteps)
+    ) as pool:  # leaving the block terminates the workers, also when the loop stops early
+        ahead = 2 * cfg.data_workers
+        pending = collections.deque(
+            pool.apply_async(_draw_in_worker, (first_step + k,)) for k in range(ahead)
+        )
+        step = first_step + ahead
+        while True:
+            batch = pending.popleft().get()
+            pending.append(pool.apply_async(_draw_in_worker, (step,)))
+            step += 1
+            yield batch
+
+
+def _to_cpu(state):
+    """A (nested) state dict with every tensor on the CPU, so any host can load a checkpoint."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_to_cpu(v) for v in state)
+    return state
 
 
 def checkpoint_recipe(out_dir: str | Path, **overrides: object) -> TrainConfig:
@@ -161,15 +254,17 @@ class Trainer:
         null_tokens, null_mask = self.encoder.encode([""])
         self.null_tokens = torch.from_numpy(null_tokens)
         self.null_mask = torch.from_numpy(null_mask)
-        torch.manual_seed(self.cfg.data_seed)
-        self.model = Denoiser(config.unet)
+        self.device = torch.device(self.cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(f"device is {self.cfg.device!r}, but torch sees no CUDA device")
+        torch.manual_seed(self.cfg.data_seed)  # the initial weights
+        self.model = Denoiser(config.unet).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, functools.partial(lr_factor, self.cfg)
         )
         self.noise_scheduler = make_scheduler(config.num_train_timesteps, kind="ddpm")
-        self.rng = np.random.default_rng(self.cfg.data_seed)
         self.step = 0
         self.train_seconds = 0.0
         self.loss_ema: float | None = None
@@ -183,12 +278,10 @@ class Trainer:
         return {
             "engine": self.config.to_dict(),
             "train": asdict(self.cfg),
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "opt": self.opt.state_dict(),
+            "model": _to_cpu(self.model.state_dict()),
+            "ema": _to_cpu(self.ema.state_dict()),
+            "opt": _to_cpu(self.opt.state_dict()),
             "sched": self.sched.state_dict(),
-            "rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
             "step": self.step,
             "train_seconds": self.train_seconds,
             "loss_ema": self.loss_ema,
@@ -210,7 +303,7 @@ class Trainer:
         path = self.out_dir / STATE_FILE
         if not path.exists():
             raise TrainingError(f"cannot resume: {path} does not exist")
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location="cpu")
         theirs = {k: state["engine"].get(k) for k in _TRAINED_FIELDS}
         ours = {k: self.config.to_dict()[k] for k in _TRAINED_FIELDS}
         if theirs != ours:
@@ -220,10 +313,12 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
+        self.opt.load_state_dict(state["opt"])  # moves its moments to the parameters' device
         self.sched.load_state_dict(state["sched"])
-        self.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        if "rng" in state:
+            # Written before batches were drawn per step: the data stream from here on is the
+            # per-step one (as random, and reproducible from now on).
+            log.info("checkpoint has a sequential data stream; continuing with per-step batches")
         self.step = state["step"]
         self.train_seconds = state["train_seconds"]
         self.loss_ema = state["loss_ema"]
@@ -242,27 +337,27 @@ class Trainer:
         log.info("resumed %s at step %d", self.config.name, self.step)
 
     # -- one step ----------------------------------------------------------------------------
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images (B, 3, 32, 32) in [-1, 1], tokens (B, L, D), mask (B, L)."""
-        idx = self.rng.integers(len(self.pairs), size=self.cfg.batch_size)
-        layout_seeds = self.rng.integers(2**62, size=self.cfg.batch_size)
-        images = np.stack(
-            [render(self.pairs[i][1], int(s)) for i, s in zip(idx, layout_seeds, strict=True)]
-        )
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        tokens = torch.from_numpy(self.pool_tokens[idx].astype(np.float32))
-        mask = torch.from_numpy(self.pool_mask[idx])
-        drop = torch.from_numpy(self.rng.random(self.cfg.batch_size) < self.cfg.text_dropout)
-        tokens = torch.where(drop[:, None, None], self.null_tokens, tokens)
-        mask = torch.where(drop[:, None], self.null_mask, mask)
-        return x, tokens, mask
+    def batch(self, step: int | None = None) -> Batch:
+        """The batch of ``step`` (default: the next step), drawn here without workers."""
+        step = self.step if step is None else step
+        return draw_batch(self.pairs, self.cfg, self.config.num_train_timesteps, step)
 
-    def train_step(self) -> float:
-        x, tokens, mask = self.batch()
-        noise = torch.randn_like(x)
-        t = torch.randint(0, self.config.num_train_timesteps, (x.shape[0],))
+    def to_tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """Noisy images, timesteps, tokens, mask and the v-prediction target, on the device."""
+        x = torch.from_numpy(batch.images)
+        noise = torch.from_numpy(batch.noise)
+        t = torch.from_numpy(batch.timesteps)
+        tokens = torch.from_numpy(self.pool_tokens[batch.pool_index].astype(np.float32))
+        mask = torch.from_numpy(self.pool_mask[batch.pool_index])
+        drop = torch.from_numpy(batch.drop)
+        tokens = torch.where(drop[:, None, None], self.null_tokens, tokens)  # (B, L, D)
+        mask = torch.where(drop[:, None], self.null_mask, mask)  # (B, L)
         noisy = self.noise_scheduler.add_noise(x, noise, t)
         target = self.noise_scheduler.get_velocity(x, noise, t)
+        return tuple(v.to(self.device) for v in (noisy, t, tokens, mask, target))
+
+    def train_step(self, batch: Batch | None = None) -> float:
+        noisy, t, tokens, mask, target = self.to_tensors(self.batch() if batch is None else batch)
         self.model.train()
         loss = torch.nn.functional.mse_loss(self.model(noisy, t, tokens, mask), target)
         self.opt.zero_grad(set_to_none=True)
@@ -294,6 +389,7 @@ class Trainer:
         bar = tqdm(
             desc=f"train {self.config.name}", initial=self.step, unit="step", disable=not progress
         )
+        stream = batch_stream(self.pairs, self.cfg, self.config.num_train_timesteps, self.step)
         try:
             while True:
                 if max_steps is not None and self.step >= max_steps:
@@ -301,7 +397,7 @@ class Trainer:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 t0 = time.monotonic()
-                loss = self.train_step()
+                loss = self.train_step(next(stream))
                 self.train_seconds += time.monotonic() - t0
                 if self.step % 50 == 0:
                     self.losses.append((self.step, round(self.loss_ema or loss, 5)))
@@ -315,6 +411,7 @@ class Trainer:
                     self.save_checkpoint()
                     last_ckpt = time.monotonic()
         finally:
+            stream.close()  # stops the render workers
             bar.close()
         if evaluate_at_end and (not self.curve or self.curve[-1]["step"] != self.step):
             self.record_eval()
@@ -322,7 +419,9 @@ class Trainer:
         return {"step": self.step, "loss_ema": self.loss_ema, "curve": self.curve}
 
     def record_eval(self) -> dict:
-        quality = evaluate(self.ema, self.config, self.encoder, self.cfg)
+        # Sampling runs on the CPU, as the engines are served here; a copy when training elsewhere.
+        ema = self.ema if self.device.type == "cpu" else copy.deepcopy(self.ema).cpu()
+        quality = evaluate(ema, self.config, self.encoder, self.cfg)
         entry = {
             "step": self.step,
             "train_minutes": round(self.train_seconds / 60.0, 2),
