@@ -123,6 +123,8 @@ def test_training_on_a_missing_gpu_fails_clearly(encoder, tmp_path):
         pytest.skip("this host has a CUDA device")
     with pytest.raises(TrainingError, match="device is 'cuda', but torch sees no CUDA device"):
         Trainer(tiny_engine_config(), tmp_path, TrainConfig(prompt_pool=4, device="cuda"), encoder)
+    with pytest.raises(TrainingError, match="device is 'gpu0', expected cpu or cuda"):
+        Trainer(tiny_engine_config(), tmp_path, TrainConfig(prompt_pool=4, device="gpu0"), encoder)
 
 
 @pytest.mark.gpu

@@ -254,7 +254,10 @@ class Trainer:
         null_tokens, null_mask = self.encoder.encode([""])
         self.null_tokens = torch.from_numpy(null_tokens)
         self.null_mask = torch.from_numpy(null_mask)
-        self.device = torch.device(self.cfg.device)
+        try:
+            self.device = torch.device(self.cfg.device)
+        except RuntimeError as e:
+            raise TrainingError(f"device is {self.cfg.device!r}, expected cpu or cuda[:N]") from e
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise TrainingError(f"device is {self.cfg.device!r}, but torch sees no CUDA device")
         torch.manual_seed(self.cfg.data_seed)  # the initial weights
