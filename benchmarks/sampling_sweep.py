@@ -14,6 +14,7 @@ the generation. Each finished setting is written at once; ``--resume`` skips tho
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -22,9 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from t2i_router.engines import Engine
+from t2i_router.engines.engine import WEIGHTS_FILE
 from t2i_router.engines.report import TUNING_SEED, per_level, tuning_prompts
+from t2i_router.engines.training import STATE_FILE
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, score_images
 
 log = logging.getLogger("sampling_sweep")
@@ -94,6 +98,16 @@ def sweep(
     return rows
 
 
+def weights_id(engine_dir: Path) -> str:
+    """``model.safetensors`` named by the first 16 hex digits of its SHA-256, and its step."""
+    digest = hashlib.sha256((engine_dir / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    state = engine_dir / STATE_FILE
+    if not state.exists():
+        return f"sha256 {digest}"
+    step = torch.load(state, weights_only=False, map_location="cpu")["step"]
+    return f"sha256 {digest} (training step {step})"
+
+
 def table(engine: str, rows: list[dict]) -> str:
     cols = [*COMPLEXITY_LEVELS, "all"]
     lines = [
@@ -136,10 +150,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--docs-dir", default=str(ROOT / "docs"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    engine = Engine.load(Path(args.models_dir) / args.engine)
+    engine_dir = Path(args.models_dir) / args.engine
+    engine = Engine.load(engine_dir)
     pairs = tuning_prompts(args.n, seed=args.prompt_seed)
     meta = {
         "engine": args.engine,
+        # which weights the rows measure: a resume over other weights is refused
+        "weights": weights_id(engine_dir),
         "n_prompts": len(pairs),
         "seeds": args.seeds,
         "prompt_seed": args.prompt_seed,
@@ -172,7 +189,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     doc = Path(args.docs_dir) / f"sampling_{args.engine}.md"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(
-        f"# Sampling sweep: {args.engine}\n\n{len(pairs)} tuning prompts (sampler seed "
+        f"# Sampling sweep: {args.engine}\n\nWeights: {meta['weights']}. "
+        f"{len(pairs)} tuning prompts (sampler seed "
         f"{args.prompt_seed}; none is a training prompt or one the engine report scores) x "
         f"{args.seeds} seeds. Regenerate (each later command adds its settings to the table):\n\n"
         "```\n"

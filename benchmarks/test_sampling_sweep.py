@@ -51,3 +51,8 @@ def test_sampling_sweep_resume_keeps_finished_settings(tmp_path: Path) -> None:
     assert doc.index("| 1 | 2.0 | 0.0 |") < doc.index("| 2 | 2.0 | 0.0 |")
     with pytest.raises(SystemExit):  # other prompts than the saved rows were measured on
         sampling_sweep.main([*common[:5], "8", *common[6:], "--steps", "1", "--resume"])
+    assert saved["weights"].startswith("sha256 ") and f"Weights: {saved['weights']}." in doc
+    torch.manual_seed(1)  # other weights: their rows cannot be mixed with the saved ones
+    save_engine(Denoiser(config.unet).eval(), config, tmp_path / "models" / "tiny")
+    with pytest.raises(SystemExit):
+        sampling_sweep.main([*common, "--steps", "1", "--resume"])
