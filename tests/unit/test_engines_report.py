@@ -227,13 +227,16 @@ def test_learning_curve_plot_draws_every_level_and_the_recipe_changes(tmp_path):
         curve.append(
             {"step": step, "mean_alignment": quality | {"all": np.mean([*quality.values()])}}
         )
-    path = learning_curve_plot(
-        curve, [{"step": 150, "changes": {}}], tmp_path / "curve.png", "tiny"
-    )
+    changes = [{"step": 150, "changes": {}}]
+    path = learning_curve_plot(curve, changes, tmp_path / "curve.png", "tiny")
     image = np.asarray(Image.open(path).convert("RGB"))
     assert image.shape == (360, 640, 3)
     # Lines in colour (the levels), a black line (all) and gray dashes: far from a blank canvas.
     assert (image.std(axis=2) > 40).sum() > 500
+    curve[2]["sampling"] = {"steps": 8, "guidance": 1.0}  # a new default from step 300
+    marked = learning_curve_plot(curve, changes, tmp_path / "marked.png", "tiny")
+    marked = np.asarray(Image.open(marked).convert("RGB"))
+    assert not np.array_equal(marked, image)  # the dotted line (and its legend entry) is drawn
 
 
 def test_cost_counts_one_unet_pass_per_step_at_guidance_one(encoder):

@@ -7,6 +7,7 @@ cloud). ``t2i-router engines card`` measures each engine's cost and writes its m
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -256,7 +257,8 @@ def learning_curve_plot(
     """PNG: mean alignment per complexity level (and over all) against training step.
 
     Dashed vertical lines mark the steps where the recipe changed on resume (a final phase,
-    a restarted decay), so that a jump in the curve can be read against its cause.
+    a restarted decay), dotted ones where the sampling an entry was measured with differs from
+    the entry before (a new default), so that a jump in the curve can be read against its cause.
     """
     import matplotlib
 
@@ -282,6 +284,19 @@ def learning_curve_plot(
             linestyle="--",
             linewidth=0.8,
             label="recipe changed" if i == 0 else None,
+        )
+    changed = [
+        (a["step"] + b["step"]) / 2
+        for a, b in itertools.pairwise(curve)
+        if a.get("sampling") != b.get("sampling")
+    ]
+    for i, step in enumerate(changed):
+        ax.axvline(
+            step,
+            color="tab:blue",
+            linestyle=":",
+            linewidth=1.0,
+            label="sampling changed" if i == 0 else None,
         )
     ax.set_xlabel("training step")
     ax.set_ylabel("mean alignment (held-out eval prompts)")
