@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t2i_router.argtypes import non_negative_int, positive_int, unit_interval
+from t2i_router.argtypes import non_negative_float, non_negative_int, positive_int, unit_interval
 from t2i_router.errors import RouterError
 from t2i_router.imageio import ImageFileError, load_png, save_png
 from t2i_router.triton.cli import add_triton_parser
@@ -173,6 +173,7 @@ def cmd_engines_train(args: argparse.Namespace) -> None:
             "min_lr_factor": args.min_lr_factor,
             "device": args.device,
             "data_workers": args.data_workers,
+            "level_weights": args.level_weights,
         }.items()
         if v is not None
     }
@@ -216,6 +217,7 @@ def cmd_engines_report(args: argparse.Namespace) -> None:
     from t2i_router.engines import Engine, TextEncoder, WeightsNotFoundError
     from t2i_router.engines.report import (
         aspect_table,
+        control_table,
         onnx_engine,
         quality_report,
         report_grid,
@@ -255,6 +257,12 @@ def cmd_engines_report(args: argparse.Namespace) -> None:
         f"{aspect_table(report)}\n"
         if "gap" in report
         else ""
+    )
+    aspects += (
+        "Does an engine follow the composition? The relation aspect of relation prompts, and "
+        "the shape aspect of two-group prompts (different colors and shapes), scored against "
+        "the prompt and against the same scene with that fact reversed; a difference near 0 "
+        f"means the engine ignores it.\n\n{control_table(report)}\n"
     )
     (out / "engines_report.md").write_text(
         f"# Engine quality report\n\n{report['n_prompts']} held-out prompts x "
@@ -351,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-lr-factor",
         type=unit_interval,
         help="learning rate at the end of the decay, as a fraction of the peak (default 0.1)",
+    )
+    p.add_argument(
+        "--level-weights",
+        type=non_negative_float,
+        nargs=4,
+        metavar=("SINGLE", "GROUP", "PAIR", "RELATION"),
+        help="relative chance of drawing a training prompt of each complexity (default 1 1 1 1)",
     )
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
     p.add_argument("--cache-dir", default=".cache", help="prompt-encoding cache (default .cache)")

@@ -18,6 +18,9 @@ from t2i_router.engines.report import (
     _card_markdown,
     aspect_table,
     aspects_by_level,
+    control_scores,
+    control_table,
+    controls_summary,
     gap_report,
     held_out_prompts,
     learning_curve_plot,
@@ -28,7 +31,7 @@ from t2i_router.engines.report import (
     tuning_prompts,
 )
 from t2i_router.engines.unet import TINY_ENGINE_UNETS
-from t2i_router.world import COMPLEXITY_LEVELS, sample_prompts
+from t2i_router.world import COMPLEXITY_LEVELS, render, sample_prompts
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +126,41 @@ def test_aspects_by_level_skip_aspects_that_do_not_apply():
     assert "| relation | - | - | - | 0.250 / 0.750 |" in table
 
 
+def test_composition_controls_tell_following_from_ignoring():
+    pairs = sample_prompts(24, seed=5, complexity="relation") + sample_prompts(
+        8, seed=6, complexity="single"
+    )
+    specs = [s for _, s in pairs]
+    truth = np.stack([render(s, i) for i, s in enumerate(specs)])
+    controls = control_scores(truth, specs)
+    assert np.isnan(controls["relation"][24:]).all()  # no relation to reverse
+    assert np.isnan(controls["shape_binding"][24:]).all()  # one group: nothing to bind
+    summary = controls_summary(controls)
+    relation, binding = summary["relation"], summary["shape_binding"]
+    assert relation["n_prompts"] == 24 and 0 < binding["n_prompts"] < 24
+    # ground truth follows the prompt: it scores well against it, badly against the reversal
+    assert relation["prompted"] > 0.9 and relation["counterfactual"] < 0.1
+    assert binding["prompted"] > 0.9 and binding["counterfactual"] < 0.2
+    # a flipped image (left <-> right, top <-> bottom) follows the opposite relation instead
+    flipped = summary_of(truth[:, ::-1, ::-1], specs)["relation"]
+    assert flipped["prompted"] < 0.1 and flipped["counterfactual"] > 0.8
+    table = control_table({"engines": {"truth": {"controls": summary}}})
+    diff = relation["prompted"] - relation["counterfactual"]
+    assert (
+        f"| truth | {relation['prompted']:.3f} / {relation['counterfactual']:.3f} ({diff:+.3f})"
+        in table
+    )
+
+
+def summary_of(images, specs):
+    return controls_summary(control_scores(np.ascontiguousarray(images), specs))
+
+
 def test_engines_are_compared_on_the_same_seeds(encoder):
     engine = tiny("edge_small", encoder)
     pairs = held_out_prompts(4)
-    q1, images1 = score_engine(engine, pairs, seeds_per_prompt=2)
-    q2, images2 = score_engine(engine, pairs, seeds_per_prompt=2)
+    q1, images1, _ = score_engine(engine, pairs, seeds_per_prompt=2)
+    q2, images2, _ = score_engine(engine, pairs, seeds_per_prompt=2)
     np.testing.assert_array_equal(images1, images2)
     np.testing.assert_array_equal(q1, q2)
     assert images1.shape == (4, 32, 32, 3)

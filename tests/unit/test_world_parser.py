@@ -203,3 +203,17 @@ def test_sampler_respects_complexity_and_is_reproducible():
     }
     with pytest.raises(ValueError, match="'complex'"):
         sample_prompts(1, complexity="complex")
+
+
+def test_counterfactual_specs_reverse_one_compositional_fact():
+    from t2i_router.world.spec import opposite_relation, swapped_shapes
+
+    spec = parse_prompt("two red circles left of a blue square on black")
+    assert opposite_relation(spec) == parse_prompt(
+        "two red circles right of a blue square on black"
+    )
+    assert swapped_shapes(spec) == parse_prompt("two red squares left of a blue circle on black")
+    assert opposite_relation(parse_prompt("a red circle and a blue square")) is None
+    assert swapped_shapes(parse_prompt("three green triangles")) is None
+    assert swapped_shapes(parse_prompt("a red circle and a blue circle")) is None  # nothing to swap
+    assert swapped_shapes(parse_prompt("a red circle and a red square")) is None  # bound by color

@@ -30,6 +30,7 @@ from t2i_router.world import (
     sample_prompts,
     score_images,
 )
+from t2i_router.world.spec import SceneSpec, opposite_relation, swapped_shapes
 
 log = logging.getLogger(__name__)
 
@@ -88,23 +89,88 @@ def tuning_prompts(
     return held_out_prompts(n, seed, exclude=seen | report)
 
 
+# Composition controls: (aspect, counterfactual spec). An engine follows the composition when
+# its images score higher on the aspect against the prompt than against the counterfactual;
+# one that ignores it scores the same against both.
+CONTROLS = {
+    "relation": ("relation", opposite_relation),
+    "shape_binding": ("shape", swapped_shapes),
+}
+CONTROL_LABELS = {"relation": "opposite relation", "shape_binding": "shapes swapped"}
+
+
+def control_scores(images: np.ndarray, specs: Sequence[SceneSpec]) -> dict[str, np.ndarray]:
+    """Per control, (N, 2): the aspect against the prompt and against its counterfactual (NaN
+    for prompts the control does not apply to)."""
+    out = {}
+    for name, (aspect, counterfactual) in CONTROLS.items():
+        col = ASPECTS.index(aspect)
+        rows = np.full((len(specs), 2), np.nan)
+        cf = [counterfactual(s) for s in specs]
+        idx = [i for i, c in enumerate(cf) if c is not None]
+        if idx:
+            sub = images[idx]
+            rows[idx, 0] = score_images(sub, [specs[i] for i in idx])[:, col]
+            rows[idx, 1] = score_images(sub, [cf[i] for i in idx])[:, col]
+        out[name] = rows
+    return out
+
+
 def score_engine(
     engine: Engine, pairs: Sequence[tuple[str, object]], seeds_per_prompt: int = 2
-) -> tuple[np.ndarray, np.ndarray]:
-    """Aspect scores (N, K) averaged over seeds, and the first seed's images (N, 32, 32, 3).
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Aspect scores (N, K) averaged over seeds, the first seed's images (N, 32, 32, 3), and
+    the composition controls (:func:`control_scores`) averaged over seeds.
 
     Seed ``k`` of prompt ``i`` is ``k * 1_000_003 + i`` for every engine, so two engines are
     compared on the same noise.
     """
     texts = [t for t, _ in pairs]
     specs = [s for _, s in pairs]
-    scores, first = [], None
+    scores, controls, first = [], [], None
     for k in range(seeds_per_prompt):
         images = engine.generate(texts, [k * 1_000_003 + i for i in range(len(texts))])
         if k == 0:
             first = images
         scores.append(score_images(images, specs))
-    return np.mean(scores, axis=0), first
+        controls.append(control_scores(images, specs))
+    mean_controls = {c: np.mean([seed[c] for seed in controls], axis=0) for c in CONTROLS}
+    return np.mean(scores, axis=0), first, mean_controls
+
+
+def controls_summary(controls: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Mean of each control's two columns over the prompts it applies to."""
+    out = {}
+    for name, rows in controls.items():
+        rows = rows[~np.isnan(rows[:, 0])]
+        out[name] = {
+            "n_prompts": len(rows),
+            "prompted": round(float(rows[:, 0].mean()), 4) if len(rows) else None,
+            "counterfactual": round(float(rows[:, 1].mean()), 4) if len(rows) else None,
+        }
+    return out
+
+
+def control_table(report: dict) -> str:
+    """Markdown table: per engine and control, the aspect against the prompt and against the
+    counterfactual, and their difference (about 0: the engine ignores that part of the prompt)."""
+    lines = [
+        "| engine | "
+        + " | ".join(f"{c}: prompt / {CONTROL_LABELS[c]} (diff)" for c in CONTROLS)
+        + " |",
+        "|---" * (len(CONTROLS) + 1) + "|",
+    ]
+    for name, r in report["engines"].items():
+        cells = []
+        for c in CONTROLS:
+            v = r["controls"][c]
+            if v["prompted"] is None:
+                cells.append("-")
+            else:
+                diff = v["prompted"] - v["counterfactual"]
+                cells.append(f"{v['prompted']:.3f} / {v['counterfactual']:.3f} ({diff:+.3f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def aspects_by_level(scores: np.ndarray, levels: np.ndarray) -> dict[str, dict[str, float]]:
@@ -172,12 +238,13 @@ def quality_report(
         **{f"{k}_untrained": v for k, v in (untrained or {}).items()},
     }.items():
         t0 = time.monotonic()
-        q, first_images[name] = score_engine(engine, pairs, seeds_per_prompt)
+        q, first_images[name], controls = score_engine(engine, pairs, seeds_per_prompt)
         align[name] = mean_alignment(q)
         report["engines"][name] = {
             "mean_alignment": per_level(align[name], levels),
             "aspects": {a: round(float(np.nanmean(q[:, i])), 4) for i, a in enumerate(ASPECTS)},
             "aspects_by_level": aspects_by_level(q, levels),
+            "controls": controls_summary(controls),
             "seconds": round(time.monotonic() - t0, 1),
         }
         log.info("%s: %s", name, report["engines"][name]["mean_alignment"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from t2i_router.world.vocab import (
     MAX_LARGE,
@@ -10,6 +10,7 @@ from t2i_router.world.vocab import (
     MAX_PER_GROUP,
     NUMBER_WORDS,
     OBJECT_COLORS,
+    OPPOSITE_RELATION,
     SHAPES,
     SIZES,
     Background,
@@ -133,3 +134,23 @@ def check_spec(spec: SceneSpec) -> None:
             f"both groups are {groups[0].color} {groups[0].shape}s; "
             "the two groups must differ in color or shape"
         )
+
+
+# Counterfactual specs: the same scene with one compositional fact reversed. An image that scores
+# as well against its counterfactual as against its prompt did not follow that fact.
+def opposite_relation(spec: SceneSpec) -> SceneSpec | None:
+    """``spec`` with its relation reversed ("A left of B" -> "A right of B"); None without one."""
+    if spec.relation is None:
+        return None
+    return replace(spec, relation=OPPOSITE_RELATION[spec.relation])
+
+
+def swapped_shapes(spec: SceneSpec) -> SceneSpec | None:
+    """``spec`` with the two groups' shapes exchanged (a red circle and a blue square -> a red
+    square and a blue circle); None unless it has two groups of different colors and shapes."""
+    if len(spec.groups) != 2:
+        return None
+    a, b = spec.groups
+    if a.shape == b.shape or a.color == b.color:
+        return None
+    return replace(spec, groups=(replace(a, shape=b.shape), replace(b, shape=a.shape)))
