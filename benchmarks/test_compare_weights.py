@@ -1,0 +1,69 @@
+"""compare_weights scores two tiny engines on the same prompts and reads committed weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import compare_weights
+import numpy as np
+import pytest
+import torch
+
+from t2i_router.engines import Denoiser, EngineConfig, save_engine
+from t2i_router.engines.engine import WEIGHTS_FILE
+from t2i_router.engines.unet import TINY_ENGINE_UNETS
+
+
+def tiny(out_dir: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    config = EngineConfig(name="tiny", unet=TINY_ENGINE_UNETS["cloud_large"], default_steps=2)
+    save_engine(Denoiser(config.unet).eval(), config, out_dir)
+    return out_dir
+
+
+def test_compare_two_tiny_engines(tmp_path: Path) -> None:
+    tiny(tmp_path / "models" / "tiny", seed=1)
+    base = tiny(tmp_path / "base", seed=2)
+    args = ["--engine", "tiny", "--baseline-dir", str(base), "--n", "8", "--seeds", "1"]
+    args += ["--runtime", "torch", "--models-dir", str(tmp_path / "models")]
+    args += ["--results-dir", str(tmp_path), "--docs-dir", str(tmp_path)]
+    result = compare_weights.main(args)
+    base_r, cand_r = result["engines"].values()
+    diff = result["difference"]["all"]["mean"]
+    assert diff == pytest.approx(
+        cand_r["mean_alignment"]["all"] - base_r["mean_alignment"]["all"], abs=2e-4
+    )
+    assert result["difference"]["all"]["se"] >= 0
+    assert set(cand_r["controls"]) == set(compare_weights.CONTROLS)
+    assert json.loads((tmp_path / "compare_tiny.json").read_text())["n_prompts"] == 8
+    doc = (tmp_path / "compare_tiny.md").read_text()
+    assert "difference (+- s.e.)" in doc and "sha256" in doc
+
+
+def test_paired_difference_and_its_standard_error() -> None:
+    levels = np.array(
+        ["single", "single", "group", "group", "pair", "pair", "relation", "relation"]
+    )
+    base = np.zeros(8)
+    cand = np.array([0.1, 0.3, 0, 0, 0, 0, 0.2, 0.2])
+    d = compare_weights.paired_difference(base, cand, levels)
+    assert d["single"] == {"mean": 0.2, "se": 0.1}
+    assert d["relation"] == {"mean": 0.2, "se": 0.0}
+    assert d["all"]["mean"] == pytest.approx(0.1)
+
+
+def test_checkout_weights_reads_a_revision(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    tiny(repo / "models" / "tiny", seed=1)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "w"], cwd=repo, check=True)
+    committed = (repo / "models" / "tiny" / WEIGHTS_FILE).read_bytes()
+    tiny(repo / "models" / "tiny", seed=2)  # trained on: the working tree differs
+    out = compare_weights.checkout_weights("HEAD", "tiny", tmp_path / "out", repo=repo)
+    assert (out / WEIGHTS_FILE).read_bytes() == committed
+    with pytest.raises(SystemExit, match="cannot read HEAD:models/nope"):
+        compare_weights.checkout_weights("HEAD", "nope", tmp_path / "x", repo=repo)
