@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -32,5 +33,8 @@ def ranged(
 positive_int = ranged(int, "an integer", lambda v: v >= 1, "{value} must be >= 1")
 non_negative_int = ranged(int, "an integer", lambda v: v >= 0, "{value} must be >= 0")
 positive_float = ranged(float, "a number", lambda v: v > 0, "{value} must be > 0")
+non_negative_float = ranged(
+    float, "a number", lambda v: 0 <= v < math.inf, "{value} must be a finite number >= 0"
+)
 unit_interval = ranged(float, "a number", lambda v: 0.0 <= v <= 1.0, "{value} must be in [0, 1]")
 port = ranged(int, "a port number", lambda v: 0 <= v <= 65535, "port {value} is outside 0..65535")

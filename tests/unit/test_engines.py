@@ -29,7 +29,7 @@ from t2i_router.engines.training import (
     checkpoint_recipe,
     lr_factor,
 )
-from t2i_router.engines.unet import tiny_unet_config
+from t2i_router.engines.unet import add_position_channels, position_maps, tiny_unet_config
 
 TINY = {c: tiny_unet_config(c) for c in ("pooled", "cross_attention")}
 PROMPTS = [
@@ -380,3 +380,70 @@ def test_resume_keeps_the_checkpoints_recipe_for_settings_not_given(encoder, tmp
     resumed = Trainer(tiny_engine_config(), tmp_path, kept, encoder=encoder)
     resumed.load_checkpoint()
     assert resumed.recipe_changes == []  # nothing silently reset to a default
+
+
+def test_position_channels_are_added_without_changing_the_denoiser():
+    without = replace(TINY["cross_attention"], position_channels=False)
+    torch.manual_seed(0)
+    old = Denoiser(without).eval()
+    new = Denoiser(TINY["cross_attention"]).eval()
+    new.load_state_dict(add_position_channels(old.state_dict()))
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([5, 500, 900])
+    tokens, mask = torch.randn(3, 24, 384), torch.ones(3, 24)
+    with torch.no_grad():
+        assert torch.equal(old(x, t, tokens, mask), new(x, t, tokens, mask))
+        new.unet.conv_in.weight[:, 3:] = 0.1  # once it uses them, the picture depends on place
+        assert not torch.equal(old(x, t, tokens, mask), new(x, t, tokens, mask))
+    assert (
+        position_maps()[0, 0, 0, 0] == -1 and position_maps()[0, 0, 0, -1] == 1
+    )  # x: left to right
+    with pytest.raises(ValueError, match="has 5 input channels, expected 3"):
+        add_position_channels(new.state_dict())
+
+
+def test_resume_adds_position_channels_to_a_checkpoint_without_them(encoder, tmp_path):
+    cfg = TrainConfig(prompt_pool=16, batch_size=2)
+    without = replace(
+        tiny_engine_config(), unet=replace(TINY["cross_attention"], position_channels=False)
+    )
+    first = Trainer(without, tmp_path, cfg, encoder=encoder)
+    first.run(max_steps=2, progress=False, evaluate_at_end=False)
+    resumed = Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder)
+    resumed.load_checkpoint()
+    assert resumed.recipe_changes == [
+        {"step": 2, "changes": {"unet.position_channels": [False, True]}}
+    ]
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 700])
+    tokens, mask = torch.randn(2, 24, 384), torch.ones(2, 24)
+    with torch.no_grad():
+        assert torch.equal(first.ema(x, t, tokens, mask), resumed.ema(x, t, tokens, mask))
+    resumed.run(max_steps=4, progress=False, evaluate_at_end=False)  # the optimizer state fits
+    assert resumed.model.unet.conv_in.weight[:, 3:].abs().sum() > 0  # and it learns to use them
+    # the other way round is not an upgrade: the coordinate weights would be lost
+    with pytest.raises(TrainingError, match="another engine config"):
+        Trainer(without, tmp_path, cfg, encoder=encoder).load_checkpoint()
+
+
+def test_level_weights_choose_which_complexities_are_drawn(encoder, tmp_path):
+    cfg = TrainConfig(prompt_pool=40, batch_size=16, level_weights=(0, 0, 0, 1))
+    trainer = Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder)
+    for step in range(3):
+        drawn = {trainer.pairs[i][1].complexity for i in trainer.batch(step).pool_index}
+        assert drawn == {"relation"}
+    uniform = Trainer(
+        tiny_engine_config(), tmp_path / "u", replace(cfg, level_weights=None), encoder=encoder
+    )
+    assert len({uniform.pairs[i][1].complexity for i in uniform.batch(0).pool_index}) > 1
+    assert TrainConfig(level_weights=[1, 2, 3, 4]).level_weights == (1.0, 2.0, 3.0, 4.0)
+    for bad in ((1, 1, 1), (1, 1, -1, 1), (0, 0, 0, 0)):
+        with pytest.raises(TrainingError, match=r"level_weights is \["):
+            TrainConfig(level_weights=bad)
+
+
+def test_cli_level_weights_need_four_non_negative_numbers(capsys):
+    with pytest.raises(SystemExit):
+        main(["engines", "train", "cloud_large", "--level-weights", "1", "1", "-2", "1"])
+    assert "-2.0 must be a finite number >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["engines", "train", "cloud_large", "--level-weights", "1", "1"])
+    assert "expected 4 arguments" in capsys.readouterr().err

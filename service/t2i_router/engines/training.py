@@ -33,7 +33,13 @@ from tqdm import tqdm
 from t2i_router.engines.engine import Engine, save_engine
 from t2i_router.engines.sampler import make_scheduler
 from t2i_router.engines.text_encoder import TextEncoder
-from t2i_router.engines.unet import Denoiser, EngineConfig
+from t2i_router.engines.unet import (
+    CONV_IN_WEIGHT,
+    Denoiser,
+    EngineConfig,
+    UNetConfig,
+    add_position_channels,
+)
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, render, sample_prompts, score_images
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,9 @@ class TrainConfig:
     text_dropout: float = 0.1
     data_seed: int = 1000
     prompt_pool: int = 10_000
+    # Relative chance of drawing a pool prompt of each complexity level (single, group, pair,
+    # relation); None draws every pool prompt alike (the pool holds the levels in equal shares).
+    level_weights: tuple[float, ...] | None = None
     checkpoint_every_s: float = 300.0
     eval_every_s: float = 900.0
     eval_prompts_per_level: int = 16
@@ -69,6 +78,17 @@ class TrainConfig:
     threads: int = 0  # 0 = torch's default
     device: str = "cpu"  # where the UNet trains ("cuda" on a GPU host); data stays on the CPU
     data_workers: int = 0  # processes rendering batches ahead (0: render in the training loop)
+
+    def __post_init__(self) -> None:
+        if self.level_weights is not None:
+            weights = tuple(float(w) for w in self.level_weights)
+            if len(weights) != len(COMPLEXITY_LEVELS) or min(weights) < 0 or sum(weights) <= 0:
+                levels = ", ".join(COMPLEXITY_LEVELS)
+                raise TrainingError(
+                    f"level_weights is {list(self.level_weights)}: expected "
+                    f"{len(COMPLEXITY_LEVELS)} non-negative weights ({levels}), not all zero"
+                )
+            object.__setattr__(self, "level_weights", weights)
 
 
 def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None):
@@ -91,6 +111,16 @@ def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None)
     return pairs, tokens, mask
 
 
+def _position_upgrade(theirs: dict, ours: dict) -> bool:
+    """Whether UNet config ``theirs`` is ``ours`` without position channels (an upgrade that
+    keeps the trained function: :func:`~t2i_router.engines.unet.add_position_channels`)."""
+    return (
+        ours["position_channels"]
+        and not theirs["position_channels"]
+        and {**theirs, "position_channels": True} == ours
+    )
+
+
 # The engine fields a checkpoint's weights depend on; the sampling defaults (steps, guidance,
 # rescale, max_steps) may change between runs (the current ones are saved with the weights).
 _TRAINED_FIELDS = ("name", "unet", "num_train_timesteps")
@@ -110,13 +140,23 @@ class Batch:
     timesteps: np.ndarray  # (B,) int64
 
 
+def _pool_probabilities(pairs: Sequence[tuple[str, object]], weights: Sequence[float]):
+    """Chance of drawing each pool prompt when its complexity level has weight ``weights[i]``."""
+    levels = np.array([COMPLEXITY_LEVELS.index(spec.complexity) for _, spec in pairs])
+    per_prompt = np.asarray(weights, dtype=np.float64)[levels]
+    return per_prompt / per_prompt.sum()
+
+
 def draw_batch(
     pairs: Sequence[tuple[str, object]], cfg: TrainConfig, num_train_timesteps: int, step: int
 ) -> Batch:
     """The batch of training step ``step``: a pure function of its arguments."""
     rng = np.random.default_rng([cfg.data_seed, step])
     b = cfg.batch_size
-    idx = rng.integers(len(pairs), size=b)
+    if cfg.level_weights is None:
+        idx = rng.integers(len(pairs), size=b)
+    else:
+        idx = rng.choice(len(pairs), size=b, p=_pool_probabilities(pairs, cfg.level_weights))
     layout_seeds = rng.integers(2**62, size=b)
     images = np.stack([render(pairs[i][1], int(s)) for i, s in zip(idx, layout_seeds, strict=True)])
     return Batch(
@@ -309,11 +349,18 @@ class Trainer:
         state = torch.load(path, weights_only=False, map_location="cpu")
         theirs = {k: state["engine"].get(k) for k in _TRAINED_FIELDS}
         ours = {k: self.config.to_dict()[k] for k in _TRAINED_FIELDS}
+        # fields added to UNetConfig later take their defaults
+        theirs["unet"] = UNetConfig.from_dict(theirs["unet"]).to_dict()
+        upgrade = _position_upgrade(theirs["unet"], ours["unet"])
+        if upgrade:
+            theirs["unet"] = ours["unet"]
         if theirs != ours:
             diff = sorted(k for k in _TRAINED_FIELDS if theirs[k] != ours[k])
             raise TrainingError(
                 f"cannot resume: {path} was trained with another engine config ({', '.join(diff)})"
             )
+        if upgrade:
+            state = self._add_position_channels(state)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])  # moves its moments to the parameters' device
@@ -334,10 +381,35 @@ class Trainer:
             for k, v in asdict(self.cfg).items()
             if k not in _RUN_ONLY and before[k] != v
         }
+        if upgrade:
+            changes["unet.position_channels"] = [False, True]
         if changes:
             self.recipe_changes.append({"step": self.step, "changes": changes})
             log.info("recipe changed at step %d: %s", self.step, changes)
         log.info("resumed %s at step %d", self.config.name, self.step)
+
+    def _add_position_channels(self, state: dict) -> dict:
+        """``state`` of a UNet without position channels, for this one with them: zero input
+        weights (the same function) and zero Adam moments for the two new input channels."""
+        log.info(
+            "adding position channels to %s at step %d (zero weights)",
+            self.config.name,
+            state["step"],
+        )
+        names = [name for name, _ in self.model.named_parameters()]
+        index = names.index(CONV_IN_WEIGHT)
+        opt = copy.deepcopy(state["opt"])
+        for key, value in opt["state"].get(index, {}).items():
+            if key != "step":
+                opt["state"][index][key] = add_position_channels({CONV_IN_WEIGHT: value})[
+                    CONV_IN_WEIGHT
+                ]
+        return {
+            **state,
+            "model": add_position_channels(state["model"]),
+            "ema": add_position_channels(state["ema"]),
+            "opt": opt,
+        }
 
     # -- one step ----------------------------------------------------------------------------
     def batch(self, step: int | None = None) -> Batch:

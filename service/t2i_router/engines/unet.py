@@ -13,6 +13,10 @@ models are (DESIGN, "Engines"):
   through one 384-vector.
 - ``cross_attention_low``: token-level cross-attention at the lowest resolution only.
 - ``cross_attention``: token-level cross-attention at every resolution (the cloud engine).
+
+``position_channels`` appends two coordinate maps (x and y in [-1, 1]) to the input. A UNet
+otherwise learns where it draws only from the zero padding of its convolutions, and its
+attention has no positional embedding: "A left of B" needs to know left from right.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class UNetConfig:
             pixels of the top level dominated the step time on CPU; measured in the engines
             notes of docs/engines.md.
         norm_num_groups: GroupNorm groups (must divide every channel count).
+        position_channels: the UNet also sees x and y coordinate maps as two input channels
+            (constants inside the denoiser; its inputs stay the same).
     """
 
     block_out_channels: tuple[int, ...] = (16, 32, 32)
@@ -51,6 +57,7 @@ class UNetConfig:
     only_cross_attention: tuple[bool, ...] = ()
     norm_num_groups: int = 8
     text_dim: int = EMBED_DIM
+    position_channels: bool = False
 
     def __post_init__(self) -> None:
         if self.conditioning not in ("pooled", "cross_attention_low", "cross_attention"):
@@ -73,13 +80,38 @@ class UNetConfig:
         return cls(**d)
 
 
+N_POSITION_CHANNELS = 2
+CONV_IN_WEIGHT = "unet.conv_in.weight"
+
+
+def position_maps(size: int = 32) -> torch.Tensor:
+    """(1, 2, size, size): x (left -1 to right 1) and y (top -1 to bottom 1) of each pixel."""
+    ramp = torch.linspace(-1.0, 1.0, size)
+    y, x = torch.meshgrid(ramp, ramp, indexing="ij")
+    return torch.stack([x, y])[None]
+
+
+def add_position_channels(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict of a UNet without position channels, for the same UNet with them.
+
+    The input convolution gets zero weights for the two coordinate channels, so the denoiser
+    computes exactly what it did; training then learns to use them. Used to upgrade a trained
+    checkpoint (:meth:`~t2i_router.engines.training.Trainer.load_checkpoint`).
+    """
+    weight = state[CONV_IN_WEIGHT]
+    if weight.shape[1] != 3:
+        raise ValueError(f"{CONV_IN_WEIGHT} has {weight.shape[1]} input channels, expected 3")
+    pad = weight.new_zeros((weight.shape[0], N_POSITION_CHANNELS, *weight.shape[2:]))
+    return {**state, CONV_IN_WEIGHT: torch.cat([weight, pad], dim=1)}
+
+
 def _build(cfg: UNetConfig):
     from diffusers import UNet2DConditionModel
 
     n = len(cfg.block_out_channels)
     common = dict(
         sample_size=32,
-        in_channels=3,
+        in_channels=3 + (N_POSITION_CHANNELS if cfg.position_channels else 0),
         out_channels=3,
         block_out_channels=cfg.block_out_channels,
         layers_per_block=cfg.layers_per_block,
@@ -118,6 +150,8 @@ class Denoiser(nn.Module):
         super().__init__()
         self.config = config
         self.unet = _build(config)
+        if config.position_channels:
+            self.register_buffer("positions", position_maps(), persistent=False)
 
     def forward(
         self,
@@ -126,6 +160,9 @@ class Denoiser(nn.Module):
         tokens: torch.Tensor,  # (B, L, D)
         mask: torch.Tensor,  # (B, L), 1 = token
     ) -> torch.Tensor:
+        if self.config.position_channels:
+            positions = self.positions.expand(sample.shape[0], -1, -1, -1)
+            sample = torch.cat([sample, positions.to(sample.dtype)], dim=1)
         if self.config.conditioning == "pooled":
             out = self.unet(
                 sample,
@@ -153,6 +190,7 @@ def tiny_unet_config(conditioning: Conditioning) -> UNetConfig:
         conditioning=conditioning,
         norm_num_groups=4,
         only_cross_attention=(True, False) if conditioning != "pooled" else (),
+        position_channels=conditioning == "cross_attention",
     )
 
 
@@ -225,6 +263,9 @@ ENGINES: dict[str, EngineConfig] = {
             block_out_channels=(32, 64, 96),
             conditioning="cross_attention",
             only_cross_attention=(True, True, False),
+            # added at 10,170 steps (zero weights, the function unchanged): its relation aspect
+            # was at chance, 0.19 for it and the pooled-only edge alike (docs/engines.md)
+            position_channels=True,
         ),
         default_steps=20,
         # guidance above 1 lowers its alignment (docs/sampling_cloud_large.md); 1 also halves cost
