@@ -249,6 +249,9 @@ def test_model_card_markdown_names_recipe_changes_and_the_curve():
     assert "guidance 3.0, guidance rescale 0.7\n" in _card_markdown(card)
     card["config"] |= {"default_guidance": 1.0}
     assert "guidance 1.0 (the conditional prediction alone" in _card_markdown(card)
+    assert "position channels" not in text
+    card["config"]["unet"]["position_channels"] = True
+    assert "channels [8, 16], x/y position channels. Trained" in _card_markdown(card)
 
 
 def test_learning_curve_plot_draws_every_level_and_the_recipe_changes(tmp_path):

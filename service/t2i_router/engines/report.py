@@ -466,7 +466,9 @@ def _card_markdown(card: dict) -> str:
         "",
         f"Pixel-space text-to-image diffusion UNet (32x32 RGB), {card['parameters']:,} parameters, "
         f"conditioning `{card['config']['unet']['conditioning']}`, channels "
-        f"{card['config']['unet']['block_out_channels']}. Trained here on rendered scenes of the "
+        f"{card['config']['unet']['block_out_channels']}"
+        f"{', x/y position channels' if card['config']['unet'].get('position_channels') else ''}"
+        ". Trained here on rendered scenes of the "
         "miniature world with `t2i-router engines train`.",
         "",
         f"- steps trained: {tr.get('steps', 0)} (batch {tr.get('batch_size', '-')}), "
