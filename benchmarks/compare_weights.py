@@ -42,8 +42,10 @@ log = logging.getLogger("compare_weights")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def checkout_weights(revision: str, engine: str, out_dir: Path, repo: Path = ROOT) -> Path:
-    """``models/<engine>/`` weights and config as committed at git ``revision``, in ``out_dir``."""
+def checkout_weights(revision: str, engine: str, out_dir: Path, repo: Path | None = None) -> Path:
+    """``models/<engine>/`` weights and config as committed at git ``revision`` in ``repo``
+    (default: this repository), in ``out_dir``."""
+    repo = repo or ROOT
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         spec = f"{revision}:models/{engine}/{name}"
@@ -137,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
             }
         pairs = tuning_prompts(args.n)
         result = compare(engines, pairs, args.seeds)
-    for name, d in dirs.items():
-        result["engines"][name]["weights"] = weights_id(d)
+        for name, d in dirs.items():  # while a checked-out baseline is still on disk
+            result["engines"][name]["weights"] = weights_id(d)
     argv = sys.argv[1:] if argv is None else argv
     result.update(
         engine=args.engine,

@@ -54,7 +54,7 @@ def test_paired_difference_and_its_standard_error() -> None:
     assert d["all"]["mean"] == pytest.approx(0.1)
 
 
-def test_checkout_weights_reads_a_revision(tmp_path: Path) -> None:
+def test_checkout_weights_reads_a_revision(tmp_path: Path, monkeypatch) -> None:
     repo = tmp_path / "repo"
     tiny(repo / "models" / "tiny", seed=1)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -67,3 +67,14 @@ def test_checkout_weights_reads_a_revision(tmp_path: Path) -> None:
     assert (out / WEIGHTS_FILE).read_bytes() == committed
     with pytest.raises(SystemExit, match="cannot read HEAD:models/nope"):
         compare_weights.checkout_weights("HEAD", "nope", tmp_path / "x", repo=repo)
+    # the whole run against a committed baseline (its files live in a scratch directory)
+    monkeypatch.setattr(compare_weights, "ROOT", repo)
+    args = ["--engine", "tiny", "--baseline", "HEAD", "--n", "4", "--seeds", "1"]
+    args += ["--runtime", "torch", "--models-dir", str(repo / "models")]
+    args += ["--results-dir", str(tmp_path), "--docs-dir", str(tmp_path)]
+    result = compare_weights.main(args)
+    base = result["engines"]["committed at HEAD"]["weights"]
+    assert (
+        base.startswith("sha256 ")
+        and base != result["engines"][f"{repo / 'models' / 'tiny'} now"]["weights"]
+    )
