@@ -143,6 +143,27 @@ def _build(cfg: UNetConfig):
     )
 
 
+class PositionConv(nn.Conv2d):
+    """The input convolution of a UNet with position channels: the image's 3 channels and the 2
+    coordinate maps, with the weights of one 5-channel convolution (the same state dict).
+
+    The same as convolving the concatenation, but the coordinates' share is computed at batch 1
+    and broadcast, and the image's with a contiguous 3-channel weight: concatenating them made
+    the convolution's kernel depend on the batch size, and an image then changed (by 1 in a pixel)
+    with what else shared its batch.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("positions", position_maps(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        image = self._conv_forward(x, w[:, :3].contiguous(), self.bias)
+        where = self._conv_forward(self.positions.to(x.dtype), w[:, 3:].contiguous(), None)
+        return image + where
+
+
 class Denoiser(nn.Module):
     """One engine's UNet behind the shared (sample, timestep, tokens, mask) signature."""
 
@@ -151,7 +172,12 @@ class Denoiser(nn.Module):
         self.config = config
         self.unet = _build(config)
         if config.position_channels:
-            self.register_buffer("positions", position_maps(), persistent=False)
+            old = self.unet.conv_in
+            conv = PositionConv(
+                old.in_channels, old.out_channels, old.kernel_size, padding=old.padding
+            )
+            conv.load_state_dict(old.state_dict())
+            self.unet.conv_in = conv
 
     def forward(
         self,
@@ -160,9 +186,6 @@ class Denoiser(nn.Module):
         tokens: torch.Tensor,  # (B, L, D)
         mask: torch.Tensor,  # (B, L), 1 = token
     ) -> torch.Tensor:
-        if self.config.position_channels:
-            positions = self.positions.expand(sample.shape[0], -1, -1, -1)
-            sample = torch.cat([sample, positions.to(sample.dtype)], dim=1)
         if self.config.conditioning == "pooled":
             out = self.unet(
                 sample,
