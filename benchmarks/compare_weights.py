@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             baseline_dir = checkout_weights(args.baseline, args.engine, Path(scratch) / "base")
             baseline_name = f"committed at {args.baseline}"
-        dirs = {baseline_name: baseline_dir, f"{candidate_dir} now": candidate_dir}
+        shown = candidate_dir.resolve()
+        shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else candidate_dir
+        dirs = {baseline_name: baseline_dir, f"{shown} now": candidate_dir}
         engines = {name: Engine.load(d) for name, d in dirs.items()}
         if args.runtime == "onnxruntime":
             engines = {
