@@ -39,6 +39,7 @@ from t2i_router.engines.unet import (
     EngineConfig,
     UNetConfig,
     add_position_channels,
+    pad_position_inputs,
 )
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, render, sample_prompts, score_images
 
@@ -399,11 +400,10 @@ class Trainer:
         names = [name for name, _ in self.model.named_parameters()]
         index = names.index(CONV_IN_WEIGHT)
         opt = copy.deepcopy(state["opt"])
-        for key, value in opt["state"].get(index, {}).items():
-            if key != "step":
-                opt["state"][index][key] = add_position_channels({CONV_IN_WEIGHT: value})[
-                    CONV_IN_WEIGHT
-                ]
+        moments = opt["state"].get(index, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in moments:
+                moments[key] = pad_position_inputs(moments[key])
         return {
             **state,
             "model": add_position_channels(state["model"]),

@@ -98,11 +98,15 @@ def add_position_channels(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     computes exactly what it did; training then learns to use them. Used to upgrade a trained
     checkpoint (:meth:`~t2i_router.engines.training.Trainer.load_checkpoint`).
     """
-    weight = state[CONV_IN_WEIGHT]
+    return {**state, CONV_IN_WEIGHT: pad_position_inputs(state[CONV_IN_WEIGHT])}
+
+
+def pad_position_inputs(weight: torch.Tensor) -> torch.Tensor:
+    """A 3-input-channel ``conv_in`` weight (or its Adam moment) with zeros for the coordinates."""
     if weight.shape[1] != 3:
         raise ValueError(f"{CONV_IN_WEIGHT} has {weight.shape[1]} input channels, expected 3")
     pad = weight.new_zeros((weight.shape[0], N_POSITION_CHANNELS, *weight.shape[2:]))
-    return {**state, CONV_IN_WEIGHT: torch.cat([weight, pad], dim=1)}
+    return torch.cat([weight, pad], dim=1)
 
 
 def _build(cfg: UNetConfig):
