@@ -424,6 +424,56 @@ def test_resume_adds_position_channels_to_a_checkpoint_without_them(encoder, tmp
         Trainer(without, tmp_path, cfg, encoder=encoder).load_checkpoint()
 
 
+def test_token_positions_are_added_without_changing_the_denoiser():
+    without = replace(TINY["cross_attention"], token_positions=False)
+    torch.manual_seed(0)
+    old = Denoiser(without).eval()
+    new = Denoiser(replace(without, token_positions=True)).eval()
+    assert list(dict(new.named_parameters()))[-1] == "token_positions.weight"  # last: see resume
+    new.load_state_dict({**old.state_dict(), "token_positions.weight": torch.zeros(24, 384)})
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([5, 900])
+    tokens, mask = torch.randn(2, 24, 384), torch.ones(2, 24)
+    tokens[:, 10:], mask[:, 10:] = 0, 0  # padding, zeroed as the encoder does
+    with torch.no_grad():
+        assert torch.equal(old(x, t, tokens, mask), new(x, t, tokens, mask))
+        new.token_positions.weight.fill_(0.5)
+        moved = new.token_positions(tokens)
+        assert torch.equal(moved[:, :10], tokens[:, :10] + 0.5)
+        assert torch.equal(moved[:, 10:], tokens[:, 10:])  # padding stays zero
+        assert not torch.equal(old(x, t, tokens, mask), new(x, t, tokens, mask))
+    with pytest.raises(ValueError, match="token_positions needs cross-attention"):
+        replace(TINY["pooled"], token_positions=True)
+
+
+def test_resume_adds_token_positions_to_a_checkpoint_without_them(encoder, tmp_path):
+    cfg = TrainConfig(prompt_pool=16, batch_size=2)
+    unet = replace(TINY["cross_attention"], position_channels=False, token_positions=False)
+    first = Trainer(replace(tiny_engine_config(), unet=unet), tmp_path, cfg, encoder=encoder)
+    first.run(max_steps=2, progress=False, evaluate_at_end=False)
+    resumed = Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder)
+    resumed.load_checkpoint()  # both features at once
+    assert resumed.recipe_changes == [
+        {
+            "step": 2,
+            "changes": {
+                "unet.position_channels": [False, True],
+                "unet.token_positions": [False, True],
+            },
+        }
+    ]
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 700])
+    tokens, mask = torch.randn(2, 24, 384), torch.ones(2, 24)
+    with torch.no_grad():
+        assert torch.equal(first.ema(x, t, tokens, mask), resumed.ema(x, t, tokens, mask))
+    resumed.run(max_steps=4, progress=False, evaluate_at_end=False)  # the optimizer state fits
+    assert resumed.model.token_positions.weight.abs().sum() > 0  # and it learns them
+    resumed.save_checkpoint()
+    again = Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder)
+    again.load_checkpoint()  # no upgrade the second time
+    assert len(again.recipe_changes) == 1
+    assert torch.equal(again.model.token_positions.weight, resumed.model.token_positions.weight)
+
+
 def test_level_weights_choose_which_complexities_are_drawn(encoder, tmp_path):
     cfg = TrainConfig(prompt_pool=40, batch_size=16, level_weights=(0, 0, 0, 1))
     trainer = Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder)

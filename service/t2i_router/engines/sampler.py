@@ -98,12 +98,15 @@ def ddim_sample(
     num_train_timesteps: int = 1000,
     max_steps: int = 1000,
     guidance_rescale: float = 0.0,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> np.ndarray:
     """Generate (B, 32, 32, 3) uint8 images with DDIM and classifier-free guidance.
 
     ``guidance`` may be one scale or one per image; at exactly 1 an image is sampled from its
     conditional prediction alone (no empty-prompt pass).
     ``guidance_rescale`` (in [0, 1], see :func:`rescale_guided`) is the engine's, one for all.
+    ``on_step(i, x0)``, if given, sees after step ``i`` the scheduler's prediction of the final
+    image (B, 3, 32, 32) in [-1, 1]: where in sampling a picture's layout is decided.
     """
     b = tokens.shape[0]
     if len(seeds) != b:
@@ -124,7 +127,7 @@ def ddim_sample(
     k = len(guided)
     cond_tokens = torch.cat([tokens, null_tokens.expand(k, -1, -1)])
     cond_mask = torch.cat([mask, null_mask.expand(k, -1)])
-    for t in scheduler.timesteps:
+    for i, t in enumerate(scheduler.timesteps):
         timestep = torch.full((b + k,), int(t), dtype=torch.int64)
         out = denoise(torch.cat([x, x[guided]]), timestep, cond_tokens, cond_mask)
         v = out[:b].clone()
@@ -133,5 +136,8 @@ def ddim_sample(
             v[guided] = rescale_guided(
                 uncond + scale[guided] * (cond - uncond), cond, guidance_rescale
             )
-        x = scheduler.step(v, t, x).prev_sample
+        out = scheduler.step(v, t, x)
+        if on_step is not None:
+            on_step(i, out.pred_original_sample)
+        x = out.prev_sample
     return to_uint8(x)

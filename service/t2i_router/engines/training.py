@@ -112,14 +112,19 @@ def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None)
     return pairs, tokens, mask
 
 
-def _position_upgrade(theirs: dict, ours: dict) -> bool:
-    """Whether UNet config ``theirs`` is ``ours`` without position channels (an upgrade that
-    keeps the trained function: :func:`~t2i_router.engines.unet.add_position_channels`)."""
-    return (
-        ours["position_channels"]
-        and not theirs["position_channels"]
-        and {**theirs, "position_channels": True} == ours
-    )
+# UNet features a trained checkpoint gains on resume without changing what it computes: the new
+# weights start at zero (position channels: two more input channels of conv_in; token
+# positions: a new parameter, the UNet's last).
+UPGRADES = ("position_channels", "token_positions")
+
+
+def _upgrades(theirs: dict, ours: dict) -> list[str]:
+    """The features of :data:`UPGRADES` that turn UNet config ``theirs`` into ``ours`` (empty
+    when ``ours`` is not ``theirs`` with some of them switched on)."""
+    flags = [f for f in UPGRADES if ours.get(f) and not theirs.get(f)]
+    if flags and {**theirs, **dict.fromkeys(flags, True)} == ours:
+        return flags
+    return []
 
 
 # The engine fields a checkpoint's weights depend on; the sampling defaults (steps, guidance,
@@ -352,16 +357,18 @@ class Trainer:
         ours = {k: self.config.to_dict()[k] for k in _TRAINED_FIELDS}
         # fields added to UNetConfig later take their defaults
         theirs["unet"] = UNetConfig.from_dict(theirs["unet"]).to_dict()
-        upgrade = _position_upgrade(theirs["unet"], ours["unet"])
-        if upgrade:
+        upgrades = _upgrades(theirs["unet"], ours["unet"])
+        if upgrades:
             theirs["unet"] = ours["unet"]
         if theirs != ours:
             diff = sorted(k for k in _TRAINED_FIELDS if theirs[k] != ours[k])
             raise TrainingError(
                 f"cannot resume: {path} was trained with another engine config ({', '.join(diff)})"
             )
-        if upgrade:
+        if "position_channels" in upgrades:
             state = self._add_position_channels(state)
+        if "token_positions" in upgrades:
+            state = self._add_new_parameters(state)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])  # moves its moments to the parameters' device
@@ -382,8 +389,8 @@ class Trainer:
             for k, v in asdict(self.cfg).items()
             if k not in _RUN_ONLY and before[k] != v
         }
-        if upgrade:
-            changes["unet.position_channels"] = [False, True]
+        for flag in upgrades:
+            changes[f"unet.{flag}"] = [False, True]
         if changes:
             self.recipe_changes.append({"step": self.step, "changes": changes})
             log.info("recipe changed at step %d: %s", self.step, changes)
@@ -408,6 +415,32 @@ class Trainer:
             **state,
             "model": add_position_channels(state["model"]),
             "ema": add_position_channels(state["ema"]),
+            "opt": opt,
+        }
+
+    def _add_new_parameters(self, state: dict) -> dict:
+        """``state`` with zeros for this UNet's parameters it lacks (those of a feature added
+        after it was written; they must come last, see :class:`~t2i_router.engines.unet.
+        TokenPositions`), and the optimizer's parameter group extended to them (their Adam
+        moments start fresh)."""
+        names = [name for name, _ in self.model.named_parameters()]
+        new = [i for i, name in enumerate(names) if name not in state["model"]]
+        if new != list(range(len(names) - len(new), len(names))):
+            raise TrainingError(f"cannot upgrade: new parameters {new} are not the UNet's last")
+        params = dict(self.model.named_parameters())
+        zeros = {names[i]: torch.zeros_like(params[names[i]], device="cpu") for i in new}
+        log.info(
+            "adding %s to %s at step %d (zero weights)",
+            ", ".join(zeros),
+            self.config.name,
+            state["step"],
+        )
+        opt = copy.deepcopy(state["opt"])
+        opt["param_groups"][-1]["params"] = list(opt["param_groups"][-1]["params"]) + new
+        return {
+            **state,
+            "model": {**state["model"], **zeros},
+            "ema": {**state["ema"], **zeros},
             "opt": opt,
         }
 

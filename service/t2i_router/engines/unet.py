@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from t2i_router.engines.text_encoder import EMBED_DIM, pooled
+from t2i_router.engines.text_encoder import EMBED_DIM, MAX_TOKENS, pooled
 
 Conditioning = Literal["pooled", "cross_attention_low", "cross_attention"]
 
@@ -48,6 +48,9 @@ class UNetConfig:
         norm_num_groups: GroupNorm groups (must divide every channel count).
         position_channels: the UNet also sees x and y coordinate maps as two input channels
             (constants inside the denoiser; its inputs stay the same).
+        token_positions: a learned embedding of each token's place in the prompt is added to
+            the token embeddings the cross-attention reads (:class:`TokenPositions`); only with
+            cross-attention.
     """
 
     block_out_channels: tuple[int, ...] = (16, 32, 32)
@@ -58,10 +61,13 @@ class UNetConfig:
     norm_num_groups: int = 8
     text_dim: int = EMBED_DIM
     position_channels: bool = False
+    token_positions: bool = False
 
     def __post_init__(self) -> None:
         if self.conditioning not in ("pooled", "cross_attention_low", "cross_attention"):
             raise ValueError(f"unknown conditioning {self.conditioning!r}")
+        if self.token_positions and self.conditioning == "pooled":
+            raise ValueError("token_positions needs cross-attention; conditioning is 'pooled'")
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
                 raise ValueError(f"{c} channels do not split into {self.norm_num_groups} groups")
@@ -168,6 +174,25 @@ class PositionConv(nn.Conv2d):
         return image + where
 
 
+class TokenPositions(nn.Module):
+    """Adds a learned embedding of each token's place in the prompt to its embedding.
+
+    MiniLM's contextual embeddings barely say where a token stands: "red" as the subject of "a
+    red circle left of a blue square" and as the object of "a blue square left of a red circle"
+    have cosine similarity 0.95 (docs/engines.md), so the cross-attention can hardly tell which
+    group a relation puts on which side. Padding stays zero (its keys stay zero: the
+    cross-attention has no key mask); zero-initialised, a trained UNet gains it unchanged.
+    """
+
+    def __init__(self, n_tokens: int = MAX_TOKENS, dim: int = EMBED_DIM) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_tokens, dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, L, D)
+        present = (tokens != 0).any(dim=-1, keepdim=True).to(tokens.dtype)
+        return tokens + self.weight[: tokens.shape[1]] * present
+
+
 class Denoiser(nn.Module):
     """One engine's UNet behind the shared (sample, timestep, tokens, mask) signature."""
 
@@ -182,6 +207,11 @@ class Denoiser(nn.Module):
             )
             conv.load_state_dict(old.state_dict())
             self.unet.conv_in = conv
+        # Registered after the UNet: its parameter comes last, so an optimizer state saved
+        # without it lines up with the UNet's parameters (the resume upgrade appends it).
+        self.token_positions = (
+            TokenPositions(dim=config.text_dim) if config.token_positions else None
+        )
 
     def forward(
         self,
@@ -201,6 +231,8 @@ class Denoiser(nn.Module):
         else:
             # No attention mask: padding embeddings are zero (the encoder zeroes them), so their
             # keys are zero too. diffusers' mask reshaping does not export with a dynamic batch.
+            if self.token_positions is not None:
+                tokens = self.token_positions(tokens)
             out = self.unet(sample, timestep, encoder_hidden_states=tokens, return_dict=False)
         return out[0]
 
@@ -218,6 +250,7 @@ def tiny_unet_config(conditioning: Conditioning) -> UNetConfig:
         norm_num_groups=4,
         only_cross_attention=(True, False) if conditioning != "pooled" else (),
         position_channels=conditioning == "cross_attention",
+        token_positions=conditioning == "cross_attention",
     )
 
 
