@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,9 @@ from tqdm import tqdm
 from t2i_router.engines import Engine
 from t2i_router.engines.report import TUNING_SEED, onnx_engine, tuning_prompts
 from t2i_router.engines.sampler import ddim_sample
+from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.world import ASPECTS, render, score_images
-from t2i_router.world.spec import SceneSpec
+from t2i_router.world.spec import SceneSpec, opposite_relation
 from t2i_router.world.vocab import PALETTE
 
 log = logging.getLogger("relation_probe")
@@ -124,6 +126,38 @@ def probe_engine(
     }
 
 
+def token_similarity(encoder: TextEncoder, specs: Sequence[SceneSpec]) -> dict:
+    """How much MiniLM's token embeddings say about a group's role in a relation.
+
+    Mean cosine similarity of the first group's color token as the subject ("a red circle left
+    of a blue square") and as the object ("a blue square left of a red circle": the groups
+    swapped), and of the same token under the opposite relation ("... right of ..."); canonical
+    prompt texts. Near 1: the cross-attention must read the role from a small remainder.
+    """
+    first = [s.to_text() for s in specs]
+    swapped = [replace(s, groups=s.groups[::-1]).to_text() for s in specs]
+    opposite = [opposite_relation(s).to_text() for s in specs]
+    embedded = [encoder.encode(texts)[0] for texts in (first, swapped, opposite)]
+    role, relation = [], []
+    for n, spec in enumerate(specs):
+        color = spec.groups[0].color
+        where = [
+            encoder.tokenizer.convert_ids_to_tokens(encoder.tokenizer(t)["input_ids"]).index(color)
+            for t in (first[n], swapped[n], opposite[n])
+        ]
+        vectors = [e[n, i] for e, i in zip(embedded, where, strict=True)]
+        role.append(_cosine(vectors[0], vectors[1]))
+        relation.append(_cosine(vectors[0], vectors[2]))
+    return {
+        "subject_vs_object": round(float(np.mean(role)), 4),
+        "relation_vs_opposite": round(float(np.mean(relation)), 4),
+    }
+
+
+def _cosine(u: np.ndarray, v: np.ndarray) -> float:
+    return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+
 def ground_truth(pairs: Sequence[tuple[str, SceneSpec]], seeds: int) -> dict:
     specs = [s for _, s in pairs]
     images = [
@@ -165,6 +199,14 @@ def markdown(result: dict) -> str:
             f"{step}: {o['along']:+.2f} +- {o['along_se']:.2f}" for step, o in r["offsets"].items()
         )
         lines.append(f"| {name} | {cells} | {r['final_relation_aspect']:.3f} |")
+    sim = result["token_similarity"]
+    lines += [
+        "",
+        "MiniLM token embeddings (canonical texts of the same prompts): the first group's color "
+        "token as the relation's subject against as its object (groups swapped), mean cosine "
+        f"{sim['subject_vs_object']:.3f}; against the opposite relation, "
+        f"{sim['relation_vs_opposite']:.3f}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -203,8 +245,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "seeds": args.seeds,
         "engines": {"ground truth": ground_truth(pairs, args.seeds)},
     }
+    encoder = TextEncoder()
+    result["token_similarity"] = token_similarity(encoder, [s for _, s in pairs])
     for name, path in engines.items():
-        engine = Engine.load(path)
+        engine = Engine.load(path, encoder)
         if args.runtime == "onnxruntime":
             engine = onnx_engine(engine, Path(args.results_dir) / f"onnx_{name}")
         result["engines"][name] = probe_engine(engine, pairs, args.seeds, args.at)

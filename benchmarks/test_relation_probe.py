@@ -46,3 +46,5 @@ def test_probe_runs_a_tiny_engine(tmp_path: Path) -> None:
         == result["n_prompts"]
     )
     assert "| tiny | 1: " in (tmp_path / "relation_probe.md").read_text()
+    sim = result["token_similarity"]  # MiniLM hardly tells subject from object
+    assert 0.8 < sim["subject_vs_object"] < 1 and 0.9 < sim["relation_vs_opposite"] < 1
