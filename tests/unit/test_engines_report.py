@@ -252,6 +252,8 @@ def test_model_card_markdown_names_recipe_changes_and_the_curve():
     assert "position channels" not in text
     card["config"]["unet"]["position_channels"] = True
     assert "channels [8, 16], x/y position channels. Trained" in _card_markdown(card)
+    card["config"]["unet"]["token_positions"] = True
+    assert "x/y position channels, token positions. Trained" in _card_markdown(card)
 
 
 def test_learning_curve_plot_draws_every_level_and_the_recipe_changes(tmp_path):

@@ -468,6 +468,7 @@ def _card_markdown(card: dict) -> str:
         f"conditioning `{card['config']['unet']['conditioning']}`, channels "
         f"{card['config']['unet']['block_out_channels']}"
         f"{', x/y position channels' if card['config']['unet'].get('position_channels') else ''}"
+        f"{', token positions' if card['config']['unet'].get('token_positions') else ''}"
         ". Trained here on rendered scenes of the "
         "miniature world with `t2i-router engines train`.",
         "",
