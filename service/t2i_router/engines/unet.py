@@ -326,6 +326,9 @@ ENGINES: dict[str, EngineConfig] = {
             # added at 10,170 steps (zero weights, the function unchanged): its relation aspect
             # was at chance, 0.19 for it and the pooled-only edge alike (docs/engines.md)
             position_channels=True,
+            # an A/B from 13,321 steps found no gain in 1,000 steps (docs/engines.md, "Cloud:
+            # token positions"); kept off, to be tried again from the start of a long run
+            token_positions=False,
         ),
         default_steps=20,
         # guidance above 1 lowers its alignment (docs/sampling_cloud_large.md); 1 also halves cost
