@@ -179,7 +179,7 @@ class TokenPositions(nn.Module):
 
     MiniLM's contextual embeddings barely say where a token stands: "red" as the subject of "a
     red circle left of a blue square" and as the object of "a blue square left of a red circle"
-    have cosine similarity 0.95 (docs/engines.md), so the cross-attention can hardly tell which
+    have cosine similarity 0.96 (docs/engines.md), so the cross-attention can hardly tell which
     group a relation puts on which side. Padding stays zero (its keys stay zero: the
     cross-attention has no key mask); zero-initialised, a trained UNet gains it unchanged.
     """
