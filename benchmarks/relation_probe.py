@@ -28,10 +28,11 @@ import torch
 from tqdm import tqdm
 
 from t2i_router.engines import Engine
-from t2i_router.engines.report import TUNING_SEED, onnx_engine, tuning_prompts
+from t2i_router.engines.report import TUNING_SEED, image_seeds, onnx_engine, tuning_prompts
 from t2i_router.engines.sampler import ddim_sample
 from t2i_router.engines.text_encoder import TextEncoder
-from t2i_router.world import ASPECTS, render, score_images
+from t2i_router.world import ASPECTS, IMAGE_SIZE, render, score_images
+from t2i_router.world.metrics import RELATION_AXES
 from t2i_router.world.spec import SceneSpec, opposite_relation
 from t2i_router.world.vocab import PALETTE
 
@@ -40,8 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _NAMES = list(PALETTE)
 _PALETTE = np.array([PALETTE[k] for k in _NAMES], dtype=np.float64)
-# (axis, sign): axis 0 is x (left to right), 1 is y (top to bottom)
-_AXES = {"left_of": (0, 1.0), "right_of": (0, -1.0), "above": (1, 1.0), "below": (1, -1.0)}
 SOFTNESS = 30.0  # RGB distance scale of the soft color assignment
 _PRIOR = 1e-3  # pixels' worth of each color at the image's centre
 
@@ -55,7 +54,8 @@ def group_offsets(images: np.ndarray, specs: Sequence[SceneSpec]) -> np.ndarray:
     """
     if len(images) != len(specs):
         raise ValueError(f"{len(images)} images for {len(specs)} specs")
-    ys, xs = np.mgrid[0:32, 0:32].astype(np.float64)
+    ys, xs = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float64)
+    centre = (IMAGE_SIZE - 1) / 2
     out = np.zeros((len(specs), 2))
     for n, (img, spec) in enumerate(zip(images, specs, strict=True)):
         if spec.relation is None or spec.groups[0].color == spec.groups[1].color:
@@ -68,8 +68,8 @@ def group_offsets(images: np.ndarray, specs: Sequence[SceneSpec]) -> np.ndarray:
             w = p[:, :, _NAMES.index(g.color)]
             # a little mass at the centre: a color found nowhere stands in the middle
             total = w.sum() + _PRIOR
-            centroids.append((np.array([(w * xs).sum(), (w * ys).sum()]) + _PRIOR * 15.5) / total)
-        axis, sign = _AXES[spec.relation]
+            centroids.append((np.array([(w * xs).sum(), (w * ys).sum()]) + _PRIOR * centre) / total)
+        axis, sign = RELATION_AXES[spec.relation]
         delta = centroids[1] - centroids[0]
         out[n] = sign * delta[axis], abs(delta[1 - axis])
     return out
@@ -109,7 +109,7 @@ def probe_engine(
             mask,
             null_tokens,
             null_mask,
-            [k * 1_000_003 + i for i in range(len(texts))],
+            image_seeds(k, len(texts)),
             steps,
             engine.config.default_guidance,
             engine.config.num_train_timesteps,
@@ -161,7 +161,10 @@ def _cosine(u: np.ndarray, v: np.ndarray) -> float:
 def ground_truth(pairs: Sequence[tuple[str, SceneSpec]], seeds: int) -> dict:
     specs = [s for _, s in pairs]
     images = [
-        np.stack([render(s, k * 1_000_003 + i) for i, s in enumerate(specs)]) for k in range(seeds)
+        np.stack(
+            [render(s, seed) for s, seed in zip(specs, image_seeds(k, len(specs)), strict=True)]
+        )
+        for k in range(seeds)
     ]
     offsets = np.concatenate([group_offsets(im.astype(np.float64), specs) for im in images])
     relation = np.mean([score_images(im, specs)[:, ASPECTS.index("relation")] for im in images])

@@ -27,7 +27,7 @@ import torch
 
 from t2i_router.engines import Engine
 from t2i_router.engines.engine import WEIGHTS_FILE
-from t2i_router.engines.report import TUNING_SEED, per_level, tuning_prompts
+from t2i_router.engines.report import TUNING_SEED, image_seeds, per_level, tuning_prompts
 from t2i_router.engines.training import STATE_FILE
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, score_images
 
@@ -67,9 +67,7 @@ def sweep(
                     log.info("steps %d guidance %.2f rescale %.2f: kept", n_steps, g, r)
                     continue
                 t0 = time.perf_counter()
-                seeds = [
-                    [k * 1_000_003 + i for i in range(len(texts))] for k in range(seeds_per_prompt)
-                ]
+                seeds = [image_seeds(k, len(texts)) for k in range(seeds_per_prompt)]
                 scores = [
                     score_images(rescaled.generate(texts, s, steps=n_steps, guidance=g), specs)
                     for s in seeds

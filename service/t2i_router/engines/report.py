@@ -116,20 +116,25 @@ def control_scores(images: np.ndarray, specs: Sequence[SceneSpec]) -> dict[str, 
     return out
 
 
+def image_seeds(k: int, n: int) -> list[int]:
+    """The seeds of the ``k``-th image of ``n`` prompts: ``k * 1_000_003 + i`` for prompt ``i``,
+    the same for every engine, so engines and settings are compared on the same noise."""
+    return [k * 1_000_003 + i for i in range(n)]
+
+
 def score_engine(
     engine: Engine, pairs: Sequence[tuple[str, object]], seeds_per_prompt: int = 2
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Aspect scores (N, K) averaged over seeds, the first seed's images (N, 32, 32, 3), and
     the composition controls (:func:`control_scores`) averaged over seeds.
 
-    Seed ``k`` of prompt ``i`` is ``k * 1_000_003 + i`` for every engine, so two engines are
-    compared on the same noise.
+    Seeds come from :func:`image_seeds`, so two engines are compared on the same noise.
     """
     texts = [t for t, _ in pairs]
     specs = [s for _, s in pairs]
     scores, controls, first = [], [], None
     for k in range(seeds_per_prompt):
-        images = engine.generate(texts, [k * 1_000_003 + i for i in range(len(texts))])
+        images = engine.generate(texts, image_seeds(k, len(texts)))
         if k == 0:
             first = images
         scores.append(score_images(images, specs))

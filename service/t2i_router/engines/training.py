@@ -423,11 +423,11 @@ class Trainer:
         after it was written; they must come last, see :class:`~t2i_router.engines.unet.
         TokenPositions`), and the optimizer's parameter group extended to them (their Adam
         moments start fresh)."""
-        names = [name for name, _ in self.model.named_parameters()]
+        params = dict(self.model.named_parameters())
+        names = list(params)
         new = [i for i, name in enumerate(names) if name not in state["model"]]
         if new != list(range(len(names) - len(new), len(names))):
             raise TrainingError(f"cannot upgrade: new parameters {new} are not the UNet's last")
-        params = dict(self.model.named_parameters())
         zeros = {names[i]: torch.zeros_like(params[names[i]], device="cpu") for i in new}
         log.info(
             "adding %s to %s at step %d (zero weights)",

@@ -50,7 +50,9 @@ _PALETTE_RGB = np.array([PALETTE[c] for c in PALETTE_NAMES], dtype=np.float32)  
 _COLOR_ID = {c: i for i, c in enumerate(PALETTE_NAMES)}
 _SHAPE_ID = {s: i for i, s in enumerate(SHAPES)}
 _SIZE_ID = {s: i for i, s in enumerate(SIZES)}
-_RELATION_AXES = {"left_of": (0, 1.0), "right_of": (0, -1.0), "above": (1, 1.0), "below": (1, -1.0)}
+# (axis, sign) of each relation: axis 0 is x (left to right), 1 is y (top to bottom); the sign
+# makes the offset from group A to group B positive where the relation puts B.
+RELATION_AXES = {"left_of": (0, 1.0), "right_of": (0, -1.0), "above": (1, 1.0), "below": (1, -1.0)}
 # Connect pixels within an image only, never across images or color planes.
 _STRUCTURE = np.zeros((3, 3, 3, 3), dtype=bool)
 _STRUCTURE[1, 1] = True
@@ -256,8 +258,8 @@ def score_images(
             s_cs = _lookup(k_cs, n * _N_OBJ * 3, q_cs, weights=coord)
             cent[:, :, axis] = np.where(shared2, s_cs, s_c) / np.maximum(n_cand, 1)
         offset = cent[:, 1] - cent[:, 0]  # (N, 2): from group A to group B, (dx, dy)
-        rel_axis = np.array([_RELATION_AXES.get(s.relation, (0, 1.0))[0] for s in specs])
-        rel_sign = np.array([_RELATION_AXES.get(s.relation, (0, 1.0))[1] for s in specs])
+        rel_axis = np.array([RELATION_AXES.get(s.relation, (0, 1.0))[0] for s in specs])
+        rel_sign = np.array([RELATION_AXES.get(s.relation, (0, 1.0))[1] for s in specs])
         along = rel_sign * offset[np.arange(n), rel_axis]
         across = np.abs(offset[np.arange(n), 1 - rel_axis])
         rel = np.clip(0.5 + (along - across) / (2.0 * cfg.relation_margin_px), 0.0, 1.0)
