@@ -174,6 +174,7 @@ def cmd_engines_train(args: argparse.Namespace) -> None:
             "device": args.device,
             "data_workers": args.data_workers,
             "level_weights": args.level_weights,
+            "grounding_weight": args.grounding_weight,
         }.items()
         if v is not None
     }
@@ -366,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=4,
         metavar=("SINGLE", "GROUP", "PAIR", "RELATION"),
         help="relative chance of drawing a training prompt of each complexity (default 1 1 1 1)",
+    )
+    p.add_argument(
+        "--grounding-weight",
+        type=non_negative_float,
+        help="weight of the grounding loss on the cross-attention maps (default 0: off)",
     )
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
     p.add_argument("--cache-dir", default=".cache", help="prompt-encoding cache (default .cache)")

@@ -109,7 +109,7 @@ def test_a_steps_batch_is_the_same_with_any_number_of_render_workers(encoder, tm
     workers = batch_stream(pool, replace(cfg, data_workers=2), steps, first_step=5)
     for step in range(5, 10):
         a, b = next(inline), next(workers)
-        for field in ("images", "pool_index", "drop", "noise", "timesteps"):
+        for field in ("images", "pool_index", "drop", "noise", "timesteps", "masks"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
         np.testing.assert_array_equal(a.images, trainer.batch(step).images)
     workers.close()  # terminates its processes

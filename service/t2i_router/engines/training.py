@@ -31,6 +31,12 @@ import torch
 from tqdm import tqdm
 
 from t2i_router.engines.engine import Engine, save_engine
+from t2i_router.engines.grounding import (
+    MAX_GROUPS,
+    AttentionMaps,
+    grounding_loss,
+    group_token_masks,
+)
 from t2i_router.engines.sampler import make_scheduler
 from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.engines.unet import (
@@ -41,7 +47,8 @@ from t2i_router.engines.unet import (
     add_position_channels,
     pad_position_inputs,
 )
-from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, render, sample_prompts, score_images
+from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, sample_prompts, score_images
+from t2i_router.world.renderer import render_with_masks
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,9 @@ class TrainConfig:
     # Relative chance of drawing a pool prompt of each complexity level (single, group, pair,
     # relation); None draws every pool prompt alike (the pool holds the levels in equal shares).
     level_weights: tuple[float, ...] | None = None
+    # Weight of the grounding loss (engines.grounding: each group's color and shape words should
+    # attend to the group's pixels); 0 trains on the denoising loss alone. Cross-attention only.
+    grounding_weight: float = 0.0
     checkpoint_every_s: float = 300.0
     eval_every_s: float = 900.0
     eval_prompts_per_level: int = 16
@@ -90,6 +100,8 @@ class TrainConfig:
                     f"{len(COMPLEXITY_LEVELS)} non-negative weights ({levels}), not all zero"
                 )
             object.__setattr__(self, "level_weights", weights)
+        if not (math.isfinite(self.grounding_weight) and self.grounding_weight >= 0):
+            raise TrainingError(f"grounding_weight is {self.grounding_weight}: expected >= 0")
 
 
 def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None):
@@ -144,6 +156,7 @@ class Batch:
     drop: np.ndarray  # (B,) bool: the prompt replaced by the empty prompt
     noise: np.ndarray  # (B, 3, 32, 32) float32
     timesteps: np.ndarray  # (B,) int64
+    masks: np.ndarray  # (B, MAX_GROUPS, 32, 32) bool: each group's pixels (for grounding)
 
 
 def _pool_probabilities(pairs: Sequence[tuple[str, object]], weights: Sequence[float]):
@@ -164,13 +177,18 @@ def draw_batch(
     else:
         idx = rng.choice(len(pairs), size=b, p=_pool_probabilities(pairs, cfg.level_weights))
     layout_seeds = rng.integers(2**62, size=b)
-    images = np.stack([render(pairs[i][1], int(s)) for i, s in zip(idx, layout_seeds, strict=True)])
+    images = np.empty((b, 32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((b, MAX_GROUPS, 32, 32), dtype=bool)
+    for k, (i, s) in enumerate(zip(idx, layout_seeds, strict=True)):
+        image, groups = render_with_masks(pairs[i][1], int(s))
+        images[k], masks[k, : len(groups)] = image, groups
     return Batch(
         images=np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0,
         pool_index=idx,
         drop=rng.random(b) < cfg.text_dropout,
         noise=rng.standard_normal((b, 3, 32, 32), dtype=np.float32),
         timesteps=rng.integers(0, num_train_timesteps, size=b),
+        masks=masks,
     )
 
 
@@ -309,6 +327,24 @@ class Trainer:
         torch.manual_seed(self.cfg.data_seed)  # the initial weights
         self.model = Denoiser(config.unet).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # Grounding: the training UNet (not the EMA copy) keeps its cross-attention maps.
+        self.attention: AttentionMaps | None = None
+        self.pool_groups: np.ndarray | None = None
+        if self.cfg.grounding_weight > 0:
+            if config.unet.conditioning == "pooled":
+                raise TrainingError(
+                    f"grounding_weight is {self.cfg.grounding_weight}, but {config.name} is "
+                    "conditioned on the pooled prompt (no cross-attention to ground)"
+                )
+            self.pool_groups = group_token_masks(
+                self.encoder.tokenizer,
+                [t for t, _ in self.pairs],
+                [spec for _, spec in self.pairs],
+                self.pool_tokens.shape[1],
+            )
+            grounded = float(self.pool_groups.any(-1).any(-1).mean())
+            log.info("grounding: %.1f%% of the training prompts' groups found", 100 * grounded)
+            self.attention = AttentionMaps(self.model.unet)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, functools.partial(lr_factor, self.cfg)
@@ -317,6 +353,7 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0
         self.loss_ema: float | None = None
+        self.grounding_ema: float | None = None
         self.curve: list[dict] = []
         self.losses: list[tuple[int, float]] = []
         # Recipe changes made on resume: [{"step": s, "changes": {field: [old, new]}}, ...]
@@ -465,9 +502,28 @@ class Trainer:
         return tuple(v.to(self.device) for v in (noisy, t, tokens, mask, target))
 
     def train_step(self, batch: Batch | None = None) -> float:
-        noisy, t, tokens, mask, target = self.to_tensors(self.batch() if batch is None else batch)
+        """One optimizer step; returns the denoising loss (without the grounding term)."""
+        batch = self.batch() if batch is None else batch
+        noisy, t, tokens, mask, target = self.to_tensors(batch)
         self.model.train()
-        loss = torch.nn.functional.mse_loss(self.model(noisy, t, tokens, mask), target)
+        if self.attention is None:
+            loss = torch.nn.functional.mse_loss(self.model(noisy, t, tokens, mask), target)
+            denoising = loss
+        else:
+            with self.attention:
+                denoising = torch.nn.functional.mse_loss(self.model(noisy, t, tokens, mask), target)
+            # a dropped prompt has no words to ground
+            groups = self.pool_groups[batch.pool_index] & ~batch.drop[:, None, None]
+            grounding = grounding_loss(
+                self.attention.maps,
+                torch.from_numpy(groups).to(self.device),
+                torch.from_numpy(batch.masks).to(self.device),
+            )
+            loss = denoising + self.cfg.grounding_weight * grounding
+            g = float(grounding.detach())
+            self.grounding_ema = (
+                g if self.grounding_ema is None else 0.98 * self.grounding_ema + 0.02 * g
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -477,7 +533,7 @@ class Trainer:
             for p_ema, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
                 p_ema.lerp_(p, 1.0 - self.cfg.ema_decay)
         self.step += 1
-        value = float(loss.detach())
+        value = float(denoising.detach())
         self.loss_ema = value if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * value
         return value
 
@@ -510,7 +566,10 @@ class Trainer:
                 if self.step % 50 == 0:
                     self.losses.append((self.step, round(self.loss_ema or loss, 5)))
                 bar.update(1)
-                bar.set_postfix(loss=f"{self.loss_ema:.4f}", refresh=False)
+                postfix = {"loss": f"{self.loss_ema:.4f}"}
+                if self.grounding_ema is not None:
+                    postfix["grounding"] = f"{self.grounding_ema:.3f}"
+                bar.set_postfix(postfix, refresh=False)
                 now = time.monotonic()
                 if now - last_eval >= self.cfg.eval_every_s:
                     self.record_eval()

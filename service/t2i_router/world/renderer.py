@@ -169,6 +169,25 @@ def draw(objects: list[PlacedObject], background: str) -> np.ndarray:
     return image
 
 
+def group_masks(objects: list[PlacedObject], n_groups: int) -> np.ndarray:
+    """(n_groups, 32, 32) bool: the pixels each group's objects cover."""
+    masks = np.zeros((n_groups, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+    for o in objects:
+        masks[o.group, o.y : o.y + o.size_px, o.x : o.x + o.size_px] |= shape_mask(
+            o.shape, o.size_px
+        )
+    return masks
+
+
+def render_with_masks(
+    spec: SceneSpec, rng: np.random.Generator | int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render`'s image (the same one for the same ``rng``) and its groups' pixel masks,
+    (len(spec.groups), 32, 32) bool."""
+    objects = layout(spec, np.random.default_rng(rng))
+    return draw(objects, spec.background), group_masks(objects, len(spec.groups))
+
+
 def render(spec: SceneSpec, rng: np.random.Generator | int | None = None) -> np.ndarray:
     """A (32, 32, 3) uint8 image that satisfies ``spec`` exactly.
 
