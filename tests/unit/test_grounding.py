@@ -120,6 +120,7 @@ def test_attention_maps_keep_probabilities_and_leave_the_output_unchanged(encode
         with maps:
             out = model(*args, torch.from_numpy(mask))
         again = model(*args, torch.from_numpy(mask))  # outside the block: nothing kept
+        assert maps.store == [] and not maps.recording
         torch.testing.assert_close(out, plain(*args, torch.from_numpy(mask)))
     torch.testing.assert_close(out, again)
     assert len(maps.maps) == maps.n_layers > 0

@@ -79,10 +79,11 @@ def group_token_masks(
 
 class _RecordingProcessor:
     """diffusers' plain attention (``AttnProcessor``) that also keeps the head-averaged
-    attention probabilities, (B, pixels, tokens), of a cross-attention call."""
+    attention probabilities, (B, pixels, tokens), of a cross-attention call while its
+    :class:`AttentionMaps` records."""
 
-    def __init__(self, store: list[torch.Tensor]) -> None:
-        self.store = store
+    def __init__(self, maps: AttentionMaps) -> None:
+        self.maps = maps
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs):  # fmt: skip
@@ -98,8 +99,8 @@ class _RecordingProcessor:
         key = attn.head_to_batch_dim(attn.to_k(context))
         value = attn.head_to_batch_dim(attn.to_v(context))
         probs = attn.get_attention_scores(query, key, attention_mask)  # (B*heads, P, L)
-        if encoder_hidden_states is not None:
-            self.store.append(probs.view(batch, -1, *probs.shape[1:]).mean(1))
+        if encoder_hidden_states is not None and self.maps.recording:
+            self.maps.store.append(probs.view(batch, -1, *probs.shape[1:]).mean(1))
         out = attn.batch_to_head_dim(torch.bmm(probs, value))
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
@@ -115,8 +116,8 @@ class AttentionMaps:
     def __init__(self, unet: torch.nn.Module) -> None:
         from diffusers.models.attention_processor import Attention
 
-        self._store: list[torch.Tensor] = []
-        self._recording = False
+        self.store: list[torch.Tensor] = []
+        self.recording = False
         self.maps: list[torch.Tensor] = []
         layers = [m for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
         if not layers:
@@ -124,16 +125,18 @@ class AttentionMaps:
         for layer in layers:
             if layer.residual_connection:
                 raise NotImplementedError("grounding supports layers without a residual")
-            layer.set_processor(_RecordingProcessor(self._store))
+            layer.set_processor(_RecordingProcessor(self))
         self.n_layers = len(layers)
 
     def __enter__(self) -> AttentionMaps:
-        self._store.clear()
+        self.store.clear()
+        self.recording = True
         return self
 
     def __exit__(self, *exc) -> None:
-        self.maps = list(self._store)
-        self._store.clear()
+        self.recording = False
+        self.maps = list(self.store)
+        self.store.clear()
 
 
 def grounding_loss(
