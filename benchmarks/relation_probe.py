@@ -9,6 +9,13 @@ softmax over the palette), so the blurred predictions of the first, noisiest ste
 too. Ground-truth renders give the scale (about +16 px along); an engine that ignores the
 relation gives about 0 at every step.
 
+For a cross-attention engine it also looks inside the UNet: the prompts' ground-truth renders
+are noised to chosen timesteps and denoised once, and from the full-resolution cross-attention
+maps it takes the offset between where the two groups' color and shape words attend (their
+attention centroids, signed like the image offset) and the grounding loss
+(``engines.grounding``). At t = 999 nothing of the scene is left to see: an offset there can
+only come from the prompt.
+
     .venv/bin/python benchmarks/relation_probe.py --engine cloud_large=models/cloud_large
     # writes benchmarks/results/relation_probe.json and docs/relation_probe.md
 """
@@ -16,6 +23,7 @@ relation gives about 0 at every step.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -28,11 +36,13 @@ import torch
 from tqdm import tqdm
 
 from t2i_router.engines import Engine
+from t2i_router.engines.grounding import AttentionMaps, grounding_loss, group_token_masks
 from t2i_router.engines.report import TUNING_SEED, image_seeds, onnx_engine, tuning_prompts
-from t2i_router.engines.sampler import ddim_sample
+from t2i_router.engines.sampler import ddim_sample, make_scheduler
 from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.world import ASPECTS, IMAGE_SIZE, render, score_images
 from t2i_router.world.metrics import RELATION_AXES
+from t2i_router.world.renderer import render_with_masks
 from t2i_router.world.spec import SceneSpec, opposite_relation
 from t2i_router.world.vocab import PALETTE
 
@@ -126,6 +136,58 @@ def probe_engine(
     }
 
 
+ATTENTION_TIMESTEPS = (999, 800, 500, 200)
+
+
+def attention_probe(
+    engine: Engine, pairs: Sequence[tuple[str, SceneSpec]], timesteps: Sequence[int]
+) -> dict:
+    """Per timestep: the grounding loss over all cross-attention layers, and the offset (px,
+    +- s.e.) of the second group's words' attention centroid from the first's along the
+    relation's axis (positive: the prompted side), averaged over the full-resolution layers;
+    each prompt's render (seed as the first image of the probe) noised with a seeded draw."""
+    texts, specs = [t for t, _ in pairs], [s for _, s in pairs]
+    model = copy.deepcopy(engine.denoise)  # the engine keeps its own attention processors
+    maps = AttentionMaps(model.unet)
+    tokens, mask = (torch.from_numpy(a) for a in engine.encoder.encode(texts))
+    words = torch.from_numpy(
+        group_token_masks(engine.encoder.tokenizer, texts, specs, tokens.shape[1])
+    )
+    rendered = [render_with_masks(s, seed) for s, seed in zip(specs, image_seeds(0, len(specs)))]
+    clean = np.stack([im for im, _ in rendered]).transpose(0, 3, 1, 2)
+    clean = torch.from_numpy(clean.astype(np.float32) / 127.5 - 1.0)
+    pixels = torch.from_numpy(np.stack([m for _, m in rendered]))
+    scheduler = make_scheduler(engine.config.num_train_timesteps, kind="ddpm")
+    ys, xs = (torch.from_numpy(a) for a in np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32))
+    axes = torch.tensor([RELATION_AXES[s.relation][0] for s in specs])
+    signs = torch.tensor([float(RELATION_AXES[s.relation][1]) for s in specs])
+    out = {}
+    for t in timesteps:
+        noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(t))
+        at = torch.full((len(specs),), t)
+        with torch.no_grad(), maps:
+            model(scheduler.add_noise(clean, noise, at), at, tokens, mask)
+        offsets = []
+        for a in maps.maps:
+            if a.shape[1] != IMAGE_SIZE * IMAGE_SIZE:
+                continue
+            attention = torch.einsum("bpl,bgl->bgp", a, words.to(a.dtype))
+            attention = attention / attention.sum(-1, keepdim=True).clamp(min=1e-12)
+            centroid = torch.stack(
+                [(attention * xs.flatten()).sum(-1), (attention * ys.flatten()).sum(-1)], -1
+            )  # (B, G, 2)
+            delta = centroid[:, 1] - centroid[:, 0]
+            offsets.append(signs * delta.gather(1, axes[:, None])[:, 0])
+        along = torch.stack(offsets).mean(0).numpy()
+        loss = grounding_loss(maps.maps, words, pixels)
+        out[str(t)] = {
+            "attention_along": round(float(along.mean()), 3),
+            "attention_along_se": round(float(along.std(ddof=1) / np.sqrt(len(along))), 3),
+            "grounding_loss": round(float(loss), 4),
+        }
+    return out
+
+
 def token_similarity(encoder: TextEncoder, specs: Sequence[SceneSpec]) -> dict:
     """How much MiniLM's token embeddings say about a group's role in a relation.
 
@@ -202,6 +264,27 @@ def markdown(result: dict) -> str:
             f"{step}: {o['along']:+.2f} +- {o['along_se']:.2f}" for step, o in r["offsets"].items()
         )
         lines.append(f"| {name} | {cells} | {r['final_relation_aspect']:.3f} |")
+    attention = {n: r["attention"] for n, r in result["engines"].items() if "attention" in r}
+    if attention:
+        steps = list(next(iter(attention.values())))
+        lines += [
+            "",
+            "Inside the UNet (cross-attention engines): each prompt's ground-truth render noised "
+            "to timestep t and denoised once; the offset between the attention centroids of the "
+            "two groups' color and shape words along the relation's axis (px, mean of the "
+            "full-resolution layers; positive: the prompted side) / the grounding loss. At "
+            "t = 999 only the prompt can put the groups apart.",
+            "",
+            "| engine | " + " | ".join(f"t = {t}" for t in steps) + " |",
+            "|---|" + "---|" * len(steps),
+        ]
+        for name, r in attention.items():
+            cells = " | ".join(
+                f"{r[t]['attention_along']:+.2f} +- {r[t]['attention_along_se']:.2f} / "
+                f"{r[t]['grounding_loss']:.3f}"
+                for t in steps
+            )
+            lines.append(f"| {name} | {cells} |")
     sim = result["token_similarity"]
     lines += [
         "",
@@ -252,9 +335,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result["token_similarity"] = token_similarity(encoder, [s for _, s in pairs])
     for name, path in engines.items():
         engine = Engine.load(path, encoder)
+        attention = None
+        if engine.config.unet.conditioning != "pooled":
+            attention = attention_probe(engine, pairs, ATTENTION_TIMESTEPS)
         if args.runtime == "onnxruntime":
             engine = onnx_engine(engine, Path(args.results_dir) / f"onnx_{name}")
         result["engines"][name] = probe_engine(engine, pairs, args.seeds, args.at)
+        if attention is not None:
+            result["engines"][name]["attention"] = attention
         log.info("%s: %s", name, result["engines"][name])
     Path(args.results_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.results_dir) / "relation_probe.json").write_text(json.dumps(result, indent=1))

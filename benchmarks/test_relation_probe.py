@@ -46,5 +46,10 @@ def test_probe_runs_a_tiny_engine(tmp_path: Path) -> None:
         == result["n_prompts"]
     )
     assert "| tiny | 1: " in (tmp_path / "relation_probe.md").read_text()
+    attention = tiny["attention"]  # a cross-attention engine is looked inside
+    assert list(attention) == [str(t) for t in relation_probe.ATTENTION_TIMESTEPS]
+    for r in attention.values():
+        assert np.isfinite(r["attention_along"]) and 0 <= r["grounding_loss"] <= 1
+    assert "| tiny | " in (tmp_path / "relation_probe.md").read_text().split("Inside the UNet")[1]
     sim = result["token_similarity"]  # MiniLM hardly tells subject from object
     assert 0.8 < sim["subject_vs_object"] < 1 and 0.9 < sim["relation_vs_opposite"] < 1
