@@ -85,8 +85,9 @@ class _RecordingProcessor:
     def __init__(self, maps: AttentionMaps) -> None:
         self.maps = maps
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, *args, **kwargs):  # fmt: skip
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs
+    ):
         if attn.spatial_norm is not None or attn.group_norm is not None or attn.norm_cross:
             raise NotImplementedError("grounding supports plain cross-attention layers only")
         input_ndim = hidden_states.ndim

@@ -343,7 +343,7 @@ class Trainer:
                 self.pool_tokens.shape[1],
             )
             grounded = float(self.pool_groups.any(-1).any(-1).mean())
-            log.info("grounding: %.1f%% of the training prompts' groups found", 100 * grounded)
+            log.info("grounding: %.1f%% of the training prompts grounded", 100 * grounded)
             self.attention = AttentionMaps(self.model.unet)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
