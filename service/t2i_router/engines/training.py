@@ -15,6 +15,7 @@ curve; tensors on the CPU) and resumes exactly from it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import functools
 import json
@@ -506,12 +507,10 @@ class Trainer:
         batch = self.batch() if batch is None else batch
         noisy, t, tokens, mask, target = self.to_tensors(batch)
         self.model.train()
-        if self.attention is None:
-            loss = torch.nn.functional.mse_loss(self.model(noisy, t, tokens, mask), target)
-            denoising = loss
-        else:
-            with self.attention:
-                denoising = torch.nn.functional.mse_loss(self.model(noisy, t, tokens, mask), target)
+        with self.attention or contextlib.nullcontext():
+            denoising = torch.nn.functional.mse_loss(self.model(noisy, t, tokens, mask), target)
+        loss = denoising
+        if self.attention is not None:
             # a dropped prompt has no words to ground
             groups = self.pool_groups[batch.pool_index] & ~batch.drop[:, None, None]
             grounding = grounding_loss(
