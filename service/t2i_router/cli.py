@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = wsub.add_parser("render", help="render prompts to ground-truth PNGs")
     p.add_argument("prompt", nargs="?", help="one prompt (with -o)")
     p.add_argument("-o", "--output", help="PNG to write for PROMPT")
-    p.add_argument("--prompts-file", help="a file of prompts, one per line")
+    p.add_argument("--prompts-file", help="a file of prompts, one per line (blank lines skipped)")
     p.add_argument("--out-dir", help="folder for 0000.png, 0001.png, ... (with --prompts-file)")
     p.add_argument("--scale", type=positive_int, default=1, help="integer upscale (default 1)")
     p.add_argument("--seed", type=int, default=0, help="layout seed (default 0)")
@@ -379,9 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = esub.add_parser("generate", help="generate one PNG per line of a prompts file")
     p.add_argument("--engine", required=True, help="edge_small or cloud_large")
-    p.add_argument("--prompts-file", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; +1 per line")
+    p.add_argument(
+        "--prompts-file",
+        required=True,
+        help="a file of prompts, one per line (blank lines skipped)",
+    )
+    p.add_argument(
+        "--out-dir", required=True, help="folder for 0000.png, 0001.png, ... one per prompt"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; +1 per prompt")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the engine's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the engine's)")
     p.add_argument("--scale", type=positive_int, default=1, help="integer upscale (default 1)")
