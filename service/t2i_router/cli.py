@@ -147,6 +147,8 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 DEFAULT_MODELS_DIR = "models"
+# engines.training.UPGRADES, named here so that parsing arguments does not import torch
+UNET_FEATURES = ("position_channels", "token_positions", "text_transformer")
 
 
 def cmd_engines_train(args: argparse.Namespace) -> None:
@@ -156,9 +158,9 @@ def cmd_engines_train(args: argparse.Namespace) -> None:
         Trainer,
         TrainingError,
         checkpoint_recipe,
+        run_engine_config,
     )
 
-    config = ENGINES[args.engine]
     out_dir = Path(args.models_dir) / args.engine
     # Flags left out are None: a fresh run takes the recipe's defaults, a resumed one keeps
     # what its checkpoint was trained with.
@@ -175,10 +177,15 @@ def cmd_engines_train(args: argparse.Namespace) -> None:
             "data_workers": args.data_workers,
             "level_weights": args.level_weights,
             "grounding_weight": args.grounding_weight,
+            "high_noise_share": args.high_noise_share,
+            "high_noise_from": args.high_noise_from,
         }.items()
         if v is not None
     }
     try:
+        config = run_engine_config(
+            ENGINES[args.engine], out_dir, args.resume, args.unet_feature or ()
+        )
         train_cfg = checkpoint_recipe(out_dir, **given) if args.resume else TrainConfig(**given)
     except TrainingError as e:
         raise CliError(str(e)) from e
@@ -372,6 +379,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--grounding-weight",
         type=non_negative_float,
         help="weight of the grounding loss on the cross-attention maps (default 0: off)",
+    )
+    p.add_argument(
+        "--high-noise-share",
+        type=unit_interval,
+        help="share of timesteps drawn from --high-noise-from up (default 0: all uniform)",
+    )
+    p.add_argument(
+        "--high-noise-from",
+        type=non_negative_int,
+        help="first timestep of the high-noise draw (default 800)",
+    )
+    p.add_argument(
+        "--unet-feature",
+        action="append",
+        choices=UNET_FEATURES,
+        help="switch on a UNet feature (repeatable); a resumed checkpoint gains it without a "
+        "change in what it computes, and keeps it on later resumes",
     )
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
     p.add_argument("--cache-dir", default=".cache", help="prompt-encoding cache (default .cache)")

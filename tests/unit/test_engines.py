@@ -425,7 +425,7 @@ def test_resume_adds_position_channels_to_a_checkpoint_without_them(encoder, tmp
 
 
 def test_token_positions_are_added_without_changing_the_denoiser():
-    without = replace(TINY["cross_attention"], token_positions=False)
+    without = replace(TINY["cross_attention"], token_positions=False, text_transformer=False)
     torch.manual_seed(0)
     old = Denoiser(without).eval()
     new = Denoiser(replace(without, token_positions=True)).eval()
@@ -445,19 +445,56 @@ def test_token_positions_are_added_without_changing_the_denoiser():
         replace(TINY["pooled"], token_positions=True)
 
 
-def test_resume_adds_token_positions_to_a_checkpoint_without_them(encoder, tmp_path):
+def test_text_transformer_is_added_without_changing_the_denoiser():
+    without = replace(TINY["cross_attention"], text_transformer=False)
+    torch.manual_seed(0)
+    old = Denoiser(without).eval()
+    new = Denoiser(replace(without, text_transformer=True)).eval()
+    names = list(dict(new.named_parameters()))
+    assert names[-1] == "text_transformer.out.bias"  # last: see resume
+    fresh = {k: v for k, v in new.state_dict().items() if k.startswith("text_transformer.")}
+    new.load_state_dict({**old.state_dict(), **fresh})
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([5, 900, 999])
+    tokens, mask = torch.randn(3, 24, 384), torch.ones(3, 24)
+    tokens[:, 10:], mask[:, 10:] = 0, 0  # padding, zeroed as the encoder does
+    with torch.no_grad():
+        assert torch.equal(old(x, t, tokens, mask), new(x, t, tokens, mask))
+        torch.manual_seed(1)
+        for p in new.text_transformer.out.parameters():
+            p.normal_(0.0, 0.1)
+        mixed = new.text_transformer(tokens)
+        assert torch.equal(mixed[:, 10:], tokens[:, 10:])  # padding stays zero
+        assert not torch.allclose(mixed[:, :10], tokens[:, :10])
+        # each prompt alone: padding keys are masked, other prompts unseen
+        longer = tokens.clone()
+        longer[0, 10:12] = torch.randn(2, 384)
+        assert not torch.allclose(new.text_transformer(longer)[0, :10], mixed[0, :10])
+        assert torch.allclose(new.text_transformer(longer)[1:], mixed[1:], atol=1e-6)
+        assert torch.allclose(new.text_transformer(tokens[1:2]), mixed[1:2], atol=1e-6)
+        assert not torch.equal(old(x, t, tokens, mask), new(x, t, tokens, mask))
+    with pytest.raises(ValueError, match="text_transformer needs cross-attention"):
+        replace(TINY["pooled"], text_transformer=True)
+
+
+def test_resume_adds_token_positions_and_the_text_transformer_to_a_checkpoint(encoder, tmp_path):
     cfg = TrainConfig(prompt_pool=16, batch_size=2)
-    unet = replace(TINY["cross_attention"], position_channels=False, token_positions=False)
+    unet = replace(
+        TINY["cross_attention"],
+        position_channels=False,
+        token_positions=False,
+        text_transformer=False,
+    )
     first = Trainer(replace(tiny_engine_config(), unet=unet), tmp_path, cfg, encoder=encoder)
     first.run(max_steps=2, progress=False, evaluate_at_end=False)
     resumed = Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder)
-    resumed.load_checkpoint()  # both features at once
+    resumed.load_checkpoint()  # all three features at once
     assert resumed.recipe_changes == [
         {
             "step": 2,
             "changes": {
                 "unet.position_channels": [False, True],
                 "unet.token_positions": [False, True],
+                "unet.text_transformer": [False, True],
             },
         }
     ]
@@ -467,11 +504,35 @@ def test_resume_adds_token_positions_to_a_checkpoint_without_them(encoder, tmp_p
         assert torch.equal(first.ema(x, t, tokens, mask), resumed.ema(x, t, tokens, mask))
     resumed.run(max_steps=4, progress=False, evaluate_at_end=False)  # the optimizer state fits
     assert resumed.model.token_positions.weight.abs().sum() > 0  # and it learns them
+    assert resumed.model.text_transformer.out.weight.abs().sum() > 0
     resumed.save_checkpoint()
     again = Trainer(tiny_engine_config(), tmp_path, cfg, encoder=encoder)
     again.load_checkpoint()  # no upgrade the second time
     assert len(again.recipe_changes) == 1
     assert torch.equal(again.model.token_positions.weight, resumed.model.token_positions.weight)
+
+
+def test_a_run_keeps_the_unet_features_its_checkpoint_has(encoder, tmp_path):
+    from t2i_router.cli import UNET_FEATURES
+    from t2i_router.engines.training import UPGRADES, run_engine_config
+
+    assert UNET_FEATURES == UPGRADES
+    plain = replace(TINY["cross_attention"], token_positions=False, text_transformer=False)
+    config = replace(tiny_engine_config(), unet=plain)
+    assert run_engine_config(config, tmp_path, resume=True) == config  # no checkpoint yet
+    added = run_engine_config(config, tmp_path, resume=False, features=["text_transformer"])
+    assert added.unet == replace(plain, text_transformer=True)
+    cfg = TrainConfig(prompt_pool=16, batch_size=2)
+    Trainer(added, tmp_path, cfg, encoder=encoder).run(
+        max_steps=1, progress=False, evaluate_at_end=False
+    )
+    kept = run_engine_config(config, tmp_path, resume=True)  # the flag left out on resume
+    assert kept == added
+    both = run_engine_config(config, tmp_path, resume=True, features=["token_positions"])
+    assert both.unet == replace(plain, text_transformer=True, token_positions=True)
+    assert run_engine_config(config, tmp_path, resume=False) == config  # a fresh run: as asked
+    with pytest.raises(TrainingError, match="unknown UNet features: wings"):
+        run_engine_config(config, tmp_path, resume=True, features=["wings"])
 
 
 def test_level_weights_choose_which_complexities_are_drawn(encoder, tmp_path):
@@ -488,6 +549,48 @@ def test_level_weights_choose_which_complexities_are_drawn(encoder, tmp_path):
     for bad in ((1, 1, 1), (1, 1, -1, 1), (0, 0, 0, 0)):
         with pytest.raises(TrainingError, match=r"level_weights is \["):
             TrainConfig(level_weights=bad)
+
+
+def test_high_noise_share_moves_only_the_timesteps(encoder, tmp_path):
+    cfg = TrainConfig(prompt_pool=40, batch_size=64)
+    uniform = Trainer(tiny_engine_config(), tmp_path / "u", cfg, encoder=encoder).batch(3)
+    for share, low in ((1.0, 64), (0.5, 16)):
+        skewed = Trainer(
+            tiny_engine_config(),
+            tmp_path / f"s{share}",
+            replace(cfg, high_noise_share=share, high_noise_from=900),
+            encoder=encoder,
+        ).batch(3)
+        for field in ("images", "pool_index", "drop", "noise", "masks"):
+            assert np.array_equal(getattr(skewed, field), getattr(uniform, field)), field
+        high = skewed.timesteps >= 900
+        assert high.sum() >= low and skewed.timesteps.max() < 1000
+        # the rest keep the uniform draw
+        kept = skewed.timesteps == uniform.timesteps
+        assert np.all(high | kept)
+    assert (uniform.timesteps >= 900).sum() < 16  # a tenth of 64 expected
+
+
+def test_high_noise_settings_are_checked(encoder, tmp_path):
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(TrainingError, match="high_noise_share is"):
+            TrainConfig(high_noise_share=bad)
+    with pytest.raises(TrainingError, match="high_noise_from is -1"):
+        TrainConfig(high_noise_from=-1)
+    with pytest.raises(TrainingError, match="high_noise_from is 1000: expected below the 1000"):
+        Trainer(tiny_engine_config(), tmp_path, TrainConfig(high_noise_from=1000), encoder=encoder)
+
+
+def test_cli_high_noise_and_unet_feature_flags_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        main(["engines", "train", "cloud_large", "--high-noise-share", "2"])
+    assert "2.0 must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["engines", "train", "cloud_large", "--high-noise-from", "-5"])
+    assert "-5 must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["engines", "train", "cloud_large", "--unet-feature", "wings"])
+    assert "invalid choice: 'wings'" in capsys.readouterr().err
 
 
 def test_cli_level_weights_need_four_non_negative_numbers(capsys):

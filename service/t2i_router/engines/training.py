@@ -23,8 +23,8 @@ import logging
 import math
 import multiprocessing
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,11 @@ class TrainConfig:
     # Weight of the grounding loss (engines.grounding: each group's color and shape words should
     # attend to the group's pixels); 0 trains on the denoising loss alone. Cross-attention only.
     grounding_weight: float = 0.0
+    # Share of each batch whose timesteps are drawn from [high_noise_from, num_train_timesteps)
+    # instead of from all timesteps: the high-noise steps, where sampling decides the layout
+    # from pure noise (docs/engines.md, "Cloud: training at high noise"). 0: uniform timesteps.
+    high_noise_share: float = 0.0
+    high_noise_from: int = 800
     checkpoint_every_s: float = 300.0
     eval_every_s: float = 900.0
     eval_prompts_per_level: int = 16
@@ -103,6 +108,12 @@ class TrainConfig:
             object.__setattr__(self, "level_weights", weights)
         if not (math.isfinite(self.grounding_weight) and self.grounding_weight >= 0):
             raise TrainingError(f"grounding_weight is {self.grounding_weight}: expected >= 0")
+        if not (0.0 <= self.high_noise_share <= 1.0):
+            raise TrainingError(
+                f"high_noise_share is {self.high_noise_share}: expected a share in [0, 1]"
+            )
+        if self.high_noise_from < 0:
+            raise TrainingError(f"high_noise_from is {self.high_noise_from}: expected >= 0")
 
 
 def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None):
@@ -125,10 +136,11 @@ def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None)
     return pairs, tokens, mask
 
 
-# UNet features a trained checkpoint gains on resume without changing what it computes: the new
-# weights start at zero (position channels: two more input channels of conv_in; token
-# positions: a new parameter, the UNet's last).
-UPGRADES = ("position_channels", "token_positions")
+# UNet features a trained checkpoint gains on resume without changing what it computes
+# (position channels: two more input channels of conv_in, zero weights; token positions and the
+# text transformer: new parameters, the UNet's last, at their initial values, which leave the
+# function unchanged).
+UPGRADES = ("position_channels", "token_positions", "text_transformer")
 
 
 def _upgrades(theirs: dict, ours: dict) -> list[str]:
@@ -178,6 +190,13 @@ def draw_batch(
     else:
         idx = rng.choice(len(pairs), size=b, p=_pool_probabilities(pairs, cfg.level_weights))
     layout_seeds = rng.integers(2**62, size=b)
+    drop = rng.random(b) < cfg.text_dropout
+    noise = rng.standard_normal((b, 3, 32, 32), dtype=np.float32)
+    timesteps = rng.integers(0, num_train_timesteps, size=b)
+    if cfg.high_noise_share > 0:
+        # Drawn after everything else, so that a share of 0 leaves every other draw as it was.
+        high = rng.random(b) < cfg.high_noise_share
+        timesteps[high] = rng.integers(cfg.high_noise_from, num_train_timesteps, size=high.sum())
     images = np.empty((b, 32, 32, 3), dtype=np.uint8)
     masks = np.zeros((b, MAX_GROUPS, 32, 32), dtype=bool)
     for k, (i, s) in enumerate(zip(idx, layout_seeds, strict=True)):
@@ -186,9 +205,9 @@ def draw_batch(
     return Batch(
         images=np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0,
         pool_index=idx,
-        drop=rng.random(b) < cfg.text_dropout,
-        noise=rng.standard_normal((b, 3, 32, 32), dtype=np.float32),
-        timesteps=rng.integers(0, num_train_timesteps, size=b),
+        drop=drop,
+        noise=noise,
+        timesteps=timesteps,
         masks=masks,
     )
 
@@ -269,6 +288,26 @@ def checkpoint_recipe(out_dir: str | Path, **overrides: object) -> TrainConfig:
     return TrainConfig(**{**kept, **overrides})
 
 
+def run_engine_config(
+    config: EngineConfig, out_dir: str | Path, resume: bool, features: Iterable[str] = ()
+) -> EngineConfig:
+    """The engine a run trains: ``config`` with the UNet ``features`` (of :data:`UPGRADES`)
+    switched on, and, on resume, those its checkpoint has: a feature once added stays."""
+    features = set(features)
+    unknown = sorted(features - set(UPGRADES))
+    if unknown:
+        raise TrainingError(
+            f"unknown UNet features: {', '.join(unknown)} (known: {', '.join(UPGRADES)})"
+        )
+    path = Path(out_dir) / STATE_FILE
+    if resume and path.exists():
+        saved = torch.load(path, weights_only=False, map_location="cpu")["engine"]["unet"]
+        features |= {f for f in UPGRADES if saved.get(f)}
+    if not features:
+        return config
+    return replace(config, unet=replace(config.unet, **dict.fromkeys(features, True)))
+
+
 def lr_factor(cfg: TrainConfig, step: int) -> float:
     """Learning rate at ``step`` over ``cfg.lr``: linear warm-up, flat, then an optional cosine."""
     factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
@@ -310,6 +349,11 @@ class Trainer:
         self.config = config
         self.cfg = train_cfg or TrainConfig()
         self.out_dir = Path(out_dir)
+        if self.cfg.high_noise_from >= config.num_train_timesteps:
+            raise TrainingError(
+                f"high_noise_from is {self.cfg.high_noise_from}: expected below the "
+                f"{config.num_train_timesteps} training timesteps of {config.name}"
+            )
         self.encoder = encoder or TextEncoder()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -405,7 +449,7 @@ class Trainer:
             )
         if "position_channels" in upgrades:
             state = self._add_position_channels(state)
-        if "token_positions" in upgrades:
+        if {"token_positions", "text_transformer"} & set(upgrades):
             state = self._add_new_parameters(state)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
@@ -457,19 +501,19 @@ class Trainer:
         }
 
     def _add_new_parameters(self, state: dict) -> dict:
-        """``state`` with zeros for this UNet's parameters it lacks (those of a feature added
-        after it was written; they must come last, see :class:`~t2i_router.engines.unet.
-        TokenPositions`), and the optimizer's parameter group extended to them (their Adam
-        moments start fresh)."""
+        """``state`` with this UNet's initial values for the parameters it lacks (those of a
+        feature added after it was written, which leave the function unchanged at their initial
+        values; they must come last, see :class:`~t2i_router.engines.unet.TokenPositions`), and
+        the optimizer's parameter group extended to them (their Adam moments start fresh)."""
         params = dict(self.model.named_parameters())
         names = list(params)
         new = [i for i, name in enumerate(names) if name not in state["model"]]
         if new != list(range(len(names) - len(new), len(names))):
             raise TrainingError(f"cannot upgrade: new parameters {new} are not the UNet's last")
-        zeros = {names[i]: torch.zeros_like(params[names[i]], device="cpu") for i in new}
+        fresh = {names[i]: params[names[i]].detach().to("cpu", copy=True) for i in new}
         log.info(
-            "adding %s to %s at step %d (zero weights)",
-            ", ".join(zeros),
+            "adding %s to %s at step %d (initial weights)",
+            ", ".join(fresh),
             self.config.name,
             state["step"],
         )
@@ -477,8 +521,8 @@ class Trainer:
         opt["param_groups"][-1]["params"] = list(opt["param_groups"][-1]["params"]) + new
         return {
             **state,
-            "model": {**state["model"], **zeros},
-            "ema": {**state["ema"], **zeros},
+            "model": {**state["model"], **fresh},
+            "ema": {**state["ema"], **fresh},
             "opt": opt,
         }
 
