@@ -31,6 +31,16 @@ def test_offsets_follow_the_rendered_relation_and_flip_with_it() -> None:
         relation_probe.group_offsets(images[:1], [specs[0].__class__(groups=specs[0].groups[:1])])
 
 
+def test_the_relation_is_worth_something_at_pure_noise() -> None:
+    specs = [s for _, s in relation_probe.relation_pairs(60)][:4]
+    worth = relation_probe.relation_worth(specs, layouts=30)
+    assert worth["x0_mse_given_relation"] < worth["x0_mse_without_relation"]
+    assert worth["mean_image_along"] > 2  # the mean image already puts the groups apart
+    # signed by each prompt's own relation: the reversed prompts stand apart the other way round
+    flipped = relation_probe.relation_worth([opposite_relation(s) for s in specs], layouts=30)
+    assert flipped["mean_image_along"] > 2
+
+
 def test_probe_runs_a_tiny_engine(tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = EngineConfig(name="tiny", unet=TINY_ENGINE_UNETS["cloud_large"], default_steps=3)
@@ -51,5 +61,9 @@ def test_probe_runs_a_tiny_engine(tmp_path: Path) -> None:
     for r in attention.values():
         assert np.isfinite(r["attention_along"]) and 0 <= r["grounding_loss"] <= 1
     assert "| tiny | " in (tmp_path / "relation_probe.md").read_text().split("Inside the UNet")[1]
+    worth = result["relation_worth"]
+    assert worth["gain_share"] > 0.02 and worth["mean_image_along"] > 2
+    doc = (tmp_path / "relation_probe.md").read_text()
+    assert "lowers the final image's squared error by" in doc
     sim = result["token_similarity"]  # MiniLM hardly tells subject from object
     assert 0.8 < sim["subject_vs_object"] < 1 and 0.9 < sim["relation_vs_opposite"] < 1
