@@ -385,6 +385,9 @@ ENGINES: dict[str, EngineConfig] = {
             # an A/B from 13,321 steps found no gain in 1,000 steps (docs/engines.md, "Cloud:
             # token positions"); kept off, to be tried again from the start of a long run
             token_positions=False,
+            # a 2,400-step arm from 20,323 steps moved neither the layout at t = 999 nor the
+            # tuning score (docs/engines.md, "Cloud: what the cloud would need at t = 999")
+            text_transformer=False,
         ),
         default_steps=20,
         # guidance above 1 lowers its alignment (docs/sampling_cloud_large.md); 1 also halves cost
