@@ -85,7 +85,7 @@ class TrainConfig:
     grounding_weight: float = 0.0
     # Share of each batch whose timesteps are drawn from [high_noise_from, num_train_timesteps)
     # instead of from all timesteps: the high-noise steps, where sampling decides the layout
-    # from pure noise (docs/engines.md, "Cloud: training at high noise"). 0: uniform timesteps.
+    # from pure noise (docs/engines.md, "Cloud: what the cloud would need at t = 999"). 0: uniform.
     high_noise_share: float = 0.0
     high_noise_from: int = 800
     checkpoint_every_s: float = 300.0
