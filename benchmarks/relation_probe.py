@@ -245,12 +245,12 @@ def relation_worth(specs: Sequence[SceneSpec], layouts: int = 100) -> dict:
     mean squared error (images in [-1, 1]) on ``layouts`` further renders of the prompt; and
     the offset between the groups' colors in the prompt's mean image.
     """
+
+    def renders(spec: SceneSpec, first: int) -> np.ndarray:
+        return np.stack([render(spec, first + i) for i in range(layouts)]) / 127.5 - 1.0
+
     given, without, offsets = [], [], []
     for spec in specs:
-
-        def renders(s: SceneSpec, first: int) -> np.ndarray:
-            return np.stack([render(s, first + i) for i in range(layouts)]) / 127.5 - 1.0
-
         mean = renders(spec, 0).mean(0)
         both = (mean + renders(opposite_relation(spec), layouts).mean(0)) / 2
         test = renders(spec, 2 * layouts)
