@@ -2,8 +2,9 @@
 
 Scores two sets of weights of one engine (by default: the committed ones at a git revision
 against those in ``models/<engine>/`` now) on the same tuning prompts and seeds
-(``report.tuning_prompts``: never training prompts nor the report's), at the engine's default
-sampling, with the report's metrics and composition controls. The difference per complexity
+(``report.tuning_prompts``: never training prompts nor the report's), both sampled the same way
+(the candidate's default sampler, steps and guidance, or ``--sampler``), with the report's
+metrics and composition controls. The difference per complexity
 level comes with its paired standard error over prompts, so a change can be told from seed and
 prompt noise before the weights are committed and the report is run.
 
@@ -19,12 +20,13 @@ import logging
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from sampling_sweep import weights_id
 
-from t2i_router.engines import Engine
+from t2i_router.engines import Engine, EngineConfig
 from t2i_router.engines.engine import CONFIG_FILE, WEIGHTS_FILE
 from t2i_router.engines.report import (
     CONTROLS,
@@ -36,6 +38,7 @@ from t2i_router.engines.report import (
     score_engine,
     tuning_prompts,
 )
+from t2i_router.engines.sampler import SAMPLER_LABELS, SAMPLERS
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment
 
 log = logging.getLogger("compare_weights")
@@ -54,6 +57,33 @@ def checkout_weights(revision: str, engine: str, out_dir: Path, repo: Path | Non
             raise SystemExit(f"cannot read {spec}: {done.stderr.decode().strip()}")
         (out_dir / name).write_bytes(done.stdout)
     return out_dir
+
+
+def sampling_of(config: EngineConfig) -> dict:
+    """How an engine samples by default: sampler, steps, guidance and guidance rescale."""
+    return {
+        "sampler": config.sampler,
+        "steps": config.default_steps,
+        "guidance": config.default_guidance,
+        "guidance_rescale": config.guidance_rescale,
+    }
+
+
+def same_sampling(engines: dict[str, Engine], sampler: str | None = None) -> dict[str, Engine]:
+    """The engines with the last one's default sampling (and ``sampler``, if given): weights
+    are what is compared, so a baseline committed under other defaults samples as the candidate
+    does."""
+    cand = list(engines.values())[-1].config
+    fields = {
+        "sampler": sampler or cand.sampler,
+        "default_steps": cand.default_steps,
+        "default_guidance": cand.default_guidance,
+        "guidance_rescale": cand.guidance_rescale,
+    }
+    return {
+        name: Engine(replace(e.config, **fields), e.denoise, e.encoder)
+        for name, e in engines.items()
+    }
 
 
 def paired_difference(base: np.ndarray, cand: np.ndarray, levels: np.ndarray) -> dict:
@@ -118,6 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
         default="onnxruntime",
         help="what runs the UNets (default onnxruntime, as Triton serves them)",
     )
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, help="sampler for both (default: the candidate's)"
+    )
     parser.add_argument("--models-dir", default=str(ROOT / "models"))
     parser.add_argument("--results-dir", default=str(ROOT / "benchmarks/results"))
     parser.add_argument("--docs-dir", default=str(ROOT / "docs"))
@@ -133,7 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
         shown = candidate_dir.resolve()
         shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else candidate_dir
         dirs = {baseline_name: baseline_dir, f"{shown} now": candidate_dir}
-        engines = {name: Engine.load(d) for name, d in dirs.items()}
+        engines = same_sampling(
+            {name: Engine.load(d) for name, d in dirs.items()}, sampler=args.sampler
+        )
+        sampling = sampling_of(next(iter(engines.values())).config)
         if args.runtime == "onnxruntime":
             engines = {
                 name: onnx_engine(e, Path(scratch) / f"onnx{i}")
@@ -150,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         seeds=args.seeds,
         prompt_seed=TUNING_SEED,
         runtime=args.runtime,
+        sampling=sampling,
         command=" ".join(
             ["benchmarks/compare_weights.py", *(sys.argv[1:] if argv is None else argv)]
         ),
@@ -163,7 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
     doc.write_text(
         f"# {args.engine}: new weights against a baseline\n\n"
         f"{len(pairs)} tuning prompts (sampler seed {TUNING_SEED}) x {args.seeds} seeds, mean "
-        f"alignment at the engine's default sampling, UNets run by {args.runtime}. "
+        f"alignment, both sampled with {SAMPLER_LABELS[sampling['sampler']]} at "
+        f"{sampling['steps']} steps, guidance {sampling['guidance']}, UNets run by "
+        f"{args.runtime}. "
         f"Regenerate: `.venv/bin/python {result['command']}`.\n\n{weights}\n\n{table(result)}\n"
         f"Composition controls ({', '.join(CONTROLS)}; see docs/engines_report.md):\n\n"
         f"{control_table(result)}"

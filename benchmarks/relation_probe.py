@@ -1,13 +1,13 @@
 """Does an engine place a relation's two groups where the prompt says, and when in sampling?
 
 For tuning prompts with a relation whose two groups differ in color, the probe follows each
-image through DDIM sampling and measures, in the scheduler's prediction of the final image after
-chosen steps (``ddim_sample``'s ``on_step``), the offset between the two groups' color centroids
-along the relation's axis, signed so that a positive offset is the prompted side ("A left of B":
-B's centroid to the right of A's), and the offset across it. Colors are assigned softly (a
-softmax over the palette), so the blurred predictions of the first, noisiest steps are measured
-too. Ground-truth renders give the scale (about +16 px along); an engine that ignores the
-relation gives about 0 at every step.
+image through DDIM sampling (whatever the engine's own sampler) and measures, in the prediction
+of the final image after chosen steps (``diffusion_sample``'s ``on_step``), the offset between
+the two groups' color centroids along the relation's axis, signed so that a positive offset is
+the prompted side ("A left of B": B's centroid to the right of A's), and the offset across it.
+Colors are assigned softly (a softmax over the palette), so the blurred predictions of the
+first, noisiest steps are measured too. Ground-truth renders give the scale (about +16 px
+along); an engine that ignores the relation gives about 0 at every step.
 
 For a cross-attention engine it also looks inside the UNet: the prompts' ground-truth renders
 are noised to chosen timesteps and denoised once, and from the full-resolution cross-attention
@@ -38,7 +38,7 @@ from tqdm import tqdm
 from t2i_router.engines import Engine
 from t2i_router.engines.grounding import AttentionMaps, grounding_loss, group_token_masks
 from t2i_router.engines.report import TUNING_SEED, image_seeds, onnx_engine, tuning_prompts
-from t2i_router.engines.sampler import ddim_sample, make_scheduler
+from t2i_router.engines.sampler import diffusion_sample, make_scheduler
 from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.world import ASPECTS, IMAGE_SIZE, render, score_images
 from t2i_router.world.metrics import RELATION_AXES
@@ -113,7 +113,7 @@ def probe_engine(
             found[i].append(group_offsets(rgb, specs))
 
     for k in tqdm(range(seeds), desc=engine.config.name, unit="seed"):
-        images = ddim_sample(
+        images = diffusion_sample(
             engine.denoise,
             tokens,
             mask,
@@ -126,6 +126,9 @@ def probe_engine(
             engine.config.max_steps,
             engine.config.guidance_rescale,
             on_step=on_step,
+            # step i of DDIM at the engine's steps, whatever the engine samples with by default:
+            # the committed docs/relation_probe.md was measured so
+            sampler="ddim",
         )
         relation.append(score_images(images, specs)[:, ASPECTS.index("relation")])
     return {

@@ -1,4 +1,4 @@
-"""Sampling sweep: an engine's quality and cost over DDIM steps x guidance scale.
+"""Sampling sweep: an engine's quality and cost over sampler x steps x guidance scale.
 
 Backs each engine's default steps and guidance (EngineConfig.default_steps/default_guidance):
 it scores the committed engine on held-out tuning prompts (``report.tuning_prompts``: neither
@@ -8,6 +8,7 @@ the generation. Each finished setting is written at once; ``--resume`` skips tho
 
     .venv/bin/python benchmarks/sampling_sweep.py --engine edge_small --steps 4 6 8
     .venv/bin/python benchmarks/sampling_sweep.py --engine cloud_large --steps 20 --guidance 2 3 4
+    .venv/bin/python benchmarks/sampling_sweep.py --engine edge_small --sampler ddim unipc --resume
     # writes benchmarks/results/sampling_<engine>.json and docs/sampling_<engine>.md
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import sys
@@ -28,6 +30,7 @@ import torch
 from t2i_router.engines import Engine
 from t2i_router.engines.engine import WEIGHTS_FILE
 from t2i_router.engines.report import TUNING_SEED, image_seeds, per_level, tuning_prompts
+from t2i_router.engines.sampler import SAMPLERS
 from t2i_router.engines.training import STATE_FILE
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, score_images
 
@@ -35,8 +38,14 @@ log = logging.getLogger("sampling_sweep")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _key(row: dict) -> tuple[int, float, float]:
-    return row["steps"], row["guidance"], row.get("guidance_rescale", 0.0)
+def _key(row: dict) -> tuple[str, int, float, float]:
+    # rows written before samplers were swept are DDIM's
+    return (
+        row.get("sampler", "ddim"),
+        row["steps"],
+        row["guidance"],
+        row.get("guidance_rescale", 0.0),
+    )
 
 
 def sweep(
@@ -48,23 +57,30 @@ def sweep(
     done: list[dict] | None = None,
     on_row=None,
     rescale: list[float] | None = None,
+    samplers: list[str] | None = None,
 ) -> list[dict]:
-    """One row per (steps, guidance, guidance rescale); rows in ``done`` are kept, not rerun;
-    ``on_row(rows)`` is called after each new one."""
+    """One row per (sampler, steps, guidance, guidance rescale); rows in ``done`` are kept, not
+    rerun; ``on_row(rows)`` is called after each new one. ``samplers`` and ``rescale`` default
+    to the engine's own."""
     texts = [t for t, _ in pairs]
     specs = [s for _, s in pairs]
     levels = np.array([s.complexity for s in specs])
     finished = {_key(r): r for r in done or []}
     rows = []
-    for r in rescale or [engine.config.guidance_rescale]:
+    for sampler, r in itertools.product(
+        samplers or [engine.config.sampler], rescale or [engine.config.guidance_rescale]
+    ):
         rescaled = Engine(
-            replace(engine.config, guidance_rescale=r), engine.denoise, engine.encoder
+            replace(engine.config, guidance_rescale=r, sampler=sampler),
+            engine.denoise,
+            engine.encoder,
         )
         for n_steps in steps:
             for g in guidance:
-                if (n_steps, g, r) in finished:
-                    rows.append(finished[(n_steps, g, r)])
-                    log.info("steps %d guidance %.2f rescale %.2f: kept", n_steps, g, r)
+                what = f"{sampler} steps {n_steps} guidance {g:.2f} rescale {r:.2f}"
+                if (sampler, n_steps, g, r) in finished:
+                    rows.append(finished[(sampler, n_steps, g, r)])
+                    log.info("%s: kept", what)
                     continue
                 t0 = time.perf_counter()
                 seeds = [image_seeds(k, len(texts)) for k in range(seeds_per_prompt)]
@@ -75,6 +91,7 @@ def sweep(
                 seconds = time.perf_counter() - t0
                 rows.append(
                     {
+                        "sampler": sampler,
                         "steps": n_steps,
                         "guidance": g,
                         "guidance_rescale": r,
@@ -84,13 +101,7 @@ def sweep(
                         "seconds_per_image": round(seconds / (len(texts) * seeds_per_prompt), 4),
                     }
                 )
-                log.info(
-                    "steps %d guidance %.2f rescale %.2f: %s",
-                    n_steps,
-                    g,
-                    r,
-                    rows[-1]["mean_alignment"],
-                )
+                log.info("%s: %s", what, rows[-1]["mean_alignment"])
                 if on_row is not None:
                     on_row(rows)
     return rows
@@ -109,12 +120,13 @@ def weights_id(engine_dir: Path) -> str:
 def table(engine: str, rows: list[dict]) -> str:
     cols = [*COMPLEXITY_LEVELS, "all"]
     lines = [
-        "| steps | guidance | rescale | " + " | ".join(cols) + " | s/image |",
-        "|---" * (len(cols) + 4) + "|",
+        "| sampler | steps | guidance | rescale | " + " | ".join(cols) + " | s/image |",
+        "|---" * (len(cols) + 5) + "|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['steps']} | {r['guidance']} | {r.get('guidance_rescale', 0.0)} | "
+            f"| {r.get('sampler', 'ddim')} | {r['steps']} | {r['guidance']} | "
+            f"{r.get('guidance_rescale', 0.0)} | "
             + " | ".join(f"{r['mean_alignment'][c]:.3f}" for c in cols)
             + f" | {r['seconds_per_image']} |"
         )
@@ -131,6 +143,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         nargs="+",
         type=float,
         help="guidance rescale values (default: the engine's own)",
+    )
+    parser.add_argument(
+        "--sampler",
+        nargs="+",
+        choices=SAMPLERS,
+        help="samplers (default: the engine's own)",
     )
     parser.add_argument("--n", type=int, default=200, help="tuning prompts (default 200)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
@@ -181,7 +199,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         out.write_text(json.dumps(result, indent=2) + "\n")
 
     rows = sweep(
-        engine, pairs, args.steps, args.guidance, args.seeds, done, save, rescale=args.rescale
+        engine,
+        pairs,
+        args.steps,
+        args.guidance,
+        args.seeds,
+        done,
+        save,
+        rescale=args.rescale,
+        samplers=args.sampler,
     )
     save(rows)
     doc = Path(args.docs_dir) / f"sampling_{args.engine}.md"

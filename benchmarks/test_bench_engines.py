@@ -13,6 +13,7 @@ import torch
 
 from t2i_router.engines import Engine, TextEncoder, WeightsNotFoundError
 from t2i_router.engines.export import OnnxDenoiser
+from t2i_router.engines.sampler import SAMPLERS, make_scheduler
 from t2i_router.engines.serving import ensure_onnx
 from t2i_router.world import sample_prompts
 
@@ -75,3 +76,27 @@ def test_bench_onnxruntime_batch_scaling(benchmark, encoder, name, batch):
     assert images.shape == (batch, 32, 32, 3)
     if benchmark.stats is not None:
         benchmark.extra_info["images_per_s"] = round(batch / benchmark.stats.stats.median, 2)
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_bench_sampler_arithmetic(benchmark, sampler, batch):
+    """A sampler's own cost: 20 steps on a stand-in prediction, no UNet, in one run.
+
+    All samplers call the UNet once per step; this is what each adds on top (the multistep
+    solvers' per-step arithmetic), which matters at batch 1 for the small edge UNet.
+    """
+    x0 = torch.randn((batch, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+
+    def run():
+        scheduler = make_scheduler(1000, sampler)
+        scheduler.set_timesteps(20)
+        x = x0
+        for t in scheduler.timesteps:
+            x = scheduler.step(0.1 * x, t, x).prev_sample
+        return x
+
+    out = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    assert out.shape == x0.shape and torch.isfinite(out).all()
+    if benchmark.stats is not None:
+        benchmark.extra_info["ms_per_step"] = round(benchmark.stats.stats.median / 20 * 1e3, 3)

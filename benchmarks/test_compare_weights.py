@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_router.engines import Denoiser, EngineConfig, save_engine
+from t2i_router.engines import Denoiser, Engine, EngineConfig, save_engine
 from t2i_router.engines.engine import WEIGHTS_FILE
 from t2i_router.engines.unet import TINY_ENGINE_UNETS
 
@@ -75,3 +75,20 @@ def test_checkout_weights_reads_a_revision(tmp_path: Path, monkeypatch) -> None:
     result = compare_weights.main(args)
     base = result["engines"]["committed at HEAD"]["weights"]
     assert base.startswith("sha256 ") and base != result["engines"]["models/tiny now"]["weights"]
+
+
+def test_a_baseline_samples_as_the_candidate_does(tmp_path: Path) -> None:
+    base_dir = tiny(tmp_path / "base", seed=2)
+    cand_dir = tiny(tmp_path / "cand", seed=1)
+    config = json.loads((cand_dir / "config.json").read_text())
+    config |= {"sampler": "unipc", "default_steps": 3, "default_guidance": 1.5}
+    (cand_dir / "config.json").write_text(json.dumps(config))
+    engines = {"base": Engine.load(base_dir), "cand": Engine.load(cand_dir)}
+    assert engines["base"].config.sampler == "ddim"  # written before samplers existed
+    same = compare_weights.same_sampling(engines)
+    assert [compare_weights.sampling_of(e.config) for e in same.values()] == [
+        {"sampler": "unipc", "steps": 3, "guidance": 1.5, "guidance_rescale": 0.0}
+    ] * 2
+    assert same["base"].denoise is engines["base"].denoise  # its own weights
+    forced = compare_weights.same_sampling(engines, sampler="dpmpp_2m")
+    assert {e.config.sampler for e in forced.values()} == {"dpmpp_2m"}

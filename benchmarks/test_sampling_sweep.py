@@ -56,3 +56,19 @@ def test_sampling_sweep_resume_keeps_finished_settings(tmp_path: Path) -> None:
     save_engine(Denoiser(config.unet).eval(), config, tmp_path / "models" / "tiny")
     with pytest.raises(SystemExit):
         sampling_sweep.main([*common, "--steps", "1", "--resume"])
+
+
+def test_sampling_sweep_compares_samplers(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = EngineConfig(name="tiny", unet=TINY_ENGINE_UNETS["edge_small"], default_steps=2)
+    save_engine(Denoiser(config.unet).eval(), config, tmp_path / "models" / "tiny")
+    args = ["--engine", "tiny", "--steps", "3", "--guidance", "1", "--n", "4", "--seeds", "1"]
+    args += ["--sampler", "ddim", "unipc", "--models-dir", str(tmp_path / "models")]
+    args += ["--results-dir", str(tmp_path), "--docs-dir", str(tmp_path)]
+    rows = sampling_sweep.main(args)
+    assert [r["sampler"] for r in rows] == ["ddim", "unipc"]
+    assert rows[0]["mean_alignment"] != rows[1]["mean_alignment"]  # the sampler is used
+    doc = (tmp_path / "sampling_tiny.md").read_text()
+    assert "| ddim | 3 | 1.0 | 0.0 |" in doc and "| unipc | 3 | 1.0 | 0.0 |" in doc
+    with pytest.raises(SystemExit):
+        sampling_sweep.main([*args, "--sampler", "euler"])

@@ -13,6 +13,7 @@ import math
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,8 @@ def cmd_engines_generate(args: argparse.Namespace) -> None:
     prompts = _read_prompts(args.prompts_file)
     try:
         engine = Engine.load(Path(args.models_dir) / args.engine)
+        if args.sampler is not None:
+            engine.config = replace(engine.config, sampler=args.sampler)
         images = engine.generate(
             prompts,
             [args.seed + i for i in range(len(prompts))],
@@ -412,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", required=True, help="folder for 0000.png, 0001.png, ... one per prompt"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; +1 per prompt")
-    p.add_argument("--steps", type=int, help="DDIM steps (default: the engine's)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the engine's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the engine's)")
+    p.add_argument("--sampler", help="ddim, dpmpp_2m or unipc (default: the engine's)")
     p.add_argument("--scale", type=positive_int, default=1, help="integer upscale (default 1)")
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="default: models")
     p.set_defaults(func=cmd_engines_generate)

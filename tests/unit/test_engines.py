@@ -20,7 +20,7 @@ from t2i_router.engines import (
     save_engine,
 )
 from t2i_router.engines.export import OnnxDenoiser, export_onnx
-from t2i_router.engines.sampler import ddim_sample, rescale_guided
+from t2i_router.engines.sampler import diffusion_sample, make_scheduler, rescale_guided
 from t2i_router.engines.training import (
     TrainConfig,
     Trainer,
@@ -219,6 +219,83 @@ def test_guidance_rescale_changes_images_but_not_batch_independence(tiny_engine)
     np.testing.assert_array_equal(rescaled.generate([PROMPTS[1]], [11], guidance=4.0)[0], batch[1])
 
 
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "unipc"])
+def test_multistep_samplers_change_images_but_not_batch_independence(tiny_engine, sampler):
+    other = Engine(
+        replace(tiny_engine.config, sampler=sampler), tiny_engine.denoise, tiny_engine.encoder
+    )
+    seeds, steps, guidance = [10, 11, 12, 13, 14], [3, 5, 3, 5, 3], [1.0, 1.0, 3.0, 2.0, 1.0]
+    batch = other.generate(PROMPTS, seeds, steps=steps, guidance=guidance)
+    ddim = tiny_engine.generate(PROMPTS, seeds, steps=steps, guidance=guidance)
+    assert not np.array_equal(batch, ddim)
+    alone = np.stack(
+        [
+            other.generate([PROMPTS[i]], [seeds[i]], steps=steps[i], guidance=guidance[i])[0]
+            for i in range(len(PROMPTS))
+        ]
+    )
+    # The UNet's kernels differ in the last float bit with the batch's size (docs/engines.md,
+    # "Batch invariance"), which the solvers' extrapolation can carry across a rounding edge:
+    # a gray level on one value in thousands, never more.
+    diff = np.abs(alone.astype(int) - batch)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "unipc"])
+def test_on_step_sees_each_steps_clipped_prediction_ending_at_the_image(tiny_engine, sampler):
+    tokens, mask = (torch.from_numpy(a) for a in tiny_engine.encoder.encode(PROMPTS[:2]))
+    seen = []
+    images = diffusion_sample(
+        tiny_engine.denoise,
+        tokens,
+        mask,
+        tokens[:1],
+        mask[:1],
+        [1, 2],
+        4,
+        1.0,
+        on_step=lambda i, x0: seen.append((i, x0)),
+        sampler=sampler,
+    )
+    assert [i for i, _ in seen] == [0, 1, 2, 3]
+    assert all(x0.shape == (2, 3, 32, 32) and x0.abs().max() <= 1 for _, x0 in seen)
+    # the last step lands on the last prediction of the image (DDIM exactly; the multistep
+    # solvers blend in earlier predictions, a gray level or so apart)
+    last = ((seen[-1][1] + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    diff = np.abs(last - images.astype(np.float64))
+    assert diff.max() == 0 if sampler == "ddim" else diff.mean() < 2
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "unipc"])
+def test_multistep_clip_is_diffusers_dynamic_threshold_bit_for_bit(sampler):
+    ours = make_scheduler(1000, sampler)
+    theirs = type(ours).__mro__[1].from_config(ours.config)  # diffusers' own class
+    assert type(theirs).__module__.startswith("diffusers")
+    for s in (ours, theirs):
+        s.set_timesteps(6)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((4, 3, 32, 32), generator=g)
+    y = x.clone()
+    for t in ours.timesteps:
+        v = 3.0 * torch.randn((4, 3, 32, 32), generator=g)  # x0 predictions far outside [-1, 1]
+        x, y = ours.step(v, t, x).prev_sample, theirs.step(v, t, y).prev_sample
+    torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_bad_sampler_is_named_and_old_configs_sample_with_ddim(tiny_engine):
+    with pytest.raises(
+        ValueError, match=r"sampler is 'euler', must be one of ddim, dpmpp_2m, unipc"
+    ):
+        replace(tiny_engine.config, sampler="euler")
+    tokens, mask = (torch.from_numpy(a) for a in tiny_engine.encoder.encode(["a red circle"]))
+    with pytest.raises(SamplingError, match=r"sampler is 'heun'"):
+        diffusion_sample(
+            tiny_engine.denoise, tokens, mask, tokens, mask, [0], 2, 1.0, sampler="heun"
+        )
+    written_before = {k: v for k, v in tiny_engine.config.to_dict().items() if k != "sampler"}
+    assert EngineConfig.from_dict(written_before).sampler == "ddim"
+
+
 def test_guidance_one_skips_the_empty_prompt_pass_and_mixes_with_others(tiny_engine):
     rows = []
 
@@ -242,7 +319,7 @@ def test_bad_guidance_rescale_is_named(tiny_engine):
         replace(tiny_engine.config, guidance_rescale=1.5)
     tokens, mask = (torch.from_numpy(a) for a in tiny_engine.encoder.encode(["a red circle"]))
     with pytest.raises(SamplingError, match=r"guidance_rescale is -0\.1"):
-        ddim_sample(
+        diffusion_sample(
             tiny_engine.denoise, tokens, mask, tokens, mask, [0], 2, 2.0, guidance_rescale=-0.1
         )
 
@@ -291,6 +368,10 @@ def test_cli_generate_writes_pngs_and_rejects_bad_steps(tiny_engine, tmp_path, c
     capsys.readouterr()
     assert main(["engines", "generate", *common, "--steps", "0"]) == 2
     assert "steps is 0" in capsys.readouterr().err
+    assert main(["engines", "generate", *common, "--sampler", "unipc"]) == 0
+    capsys.readouterr()
+    assert main(["engines", "generate", *common, "--sampler", "euler"]) == 2
+    assert "sampler is 'euler'" in capsys.readouterr().err
     assert main(["engines", "generate", *common, "--engine", "nope"]) == 2
     assert "nope/config.json does not exist" in capsys.readouterr().err
 

@@ -1,7 +1,7 @@
 """Edge-small and cloud-large text-to-image diffusion engines, trained here."""
 
 from t2i_router.engines.engine import Engine, WeightsNotFoundError, load_denoiser, save_engine
-from t2i_router.engines.sampler import SamplingError, ddim_sample
+from t2i_router.engines.sampler import SamplingError, diffusion_sample
 from t2i_router.engines.text_encoder import TextEncoder, TextEncoderConfig
 from t2i_router.engines.unet import ENGINES, Denoiser, EngineConfig, UNetConfig
 
@@ -15,7 +15,7 @@ __all__ = [
     "TextEncoderConfig",
     "UNetConfig",
     "WeightsNotFoundError",
-    "ddim_sample",
+    "diffusion_sample",
     "load_denoiser",
     "save_engine",
 ]

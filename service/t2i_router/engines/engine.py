@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from t2i_router.engines.sampler import DenoiseFn, SamplingError, check_sampling, ddim_sample
+from t2i_router.engines.sampler import DenoiseFn, SamplingError, check_sampling, diffusion_sample
 from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.engines.unet import Denoiser, EngineConfig
 
@@ -130,7 +130,7 @@ class Engine:
             rows = np.flatnonzero(steps_v == s)
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                images[chunk] = ddim_sample(
+                images[chunk] = diffusion_sample(
                     self.denoise,
                     tokens[chunk],
                     mask[chunk],
@@ -142,5 +142,6 @@ class Engine:
                     self.config.num_train_timesteps,
                     self.config.max_steps,
                     self.config.guidance_rescale,
+                    sampler=self.config.sampler,
                 )
         return images

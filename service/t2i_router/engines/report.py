@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from t2i_router.engines.engine import CARD_FILE, Engine, load_denoiser
+from t2i_router.engines.sampler import SAMPLER_LABELS
 from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.engines.training import TrainConfig
 from t2i_router.engines.unet import Denoiser, EngineConfig
@@ -400,7 +401,7 @@ def measure_cost(engine: Engine, repeats: int = 3) -> dict:
     out = {
         "default_steps": cfg.default_steps,
         "unet_flops_per_pass": int(unet_flops),
-        # guidance runs the UNet twice per step, once at exactly 1 (sampler.ddim_sample)
+        # guidance runs the UNet twice per step, once at exactly 1 (sampler.diffusion_sample)
         "unet_passes_per_step": passes,
         "flops_per_image": int(unet_flops * passes * cfg.default_steps),
         "latency_s_per_image": {},
@@ -485,7 +486,8 @@ def _card_markdown(card: dict) -> str:
             + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in c["changes"].items())
             for c in tr.get("recipe_changes", [])
         ),
-        f"- default sampling: DDIM {card['config']['default_steps']} steps, guidance "
+        f"- default sampling: {SAMPLER_LABELS[card['config'].get('sampler', 'ddim')]} "
+        f"{card['config']['default_steps']} steps, guidance "
         f"{card['config']['default_guidance']}{_sampling_note(card['config'])}",
         f"- cost: {cost['flops_per_image'] / 1e9:.2f} GFLOPs per image; latency per image "
         f"{cost['latency_s_per_image']['batch_1']} s at batch 1, "
@@ -505,6 +507,8 @@ def _card_markdown(card: dict) -> str:
         sampling = e.get("sampling")
         unrecorded |= sampling is None
         how = "*" if sampling is None else f"{sampling['steps']} / {sampling['guidance']}"
+        if sampling is not None and sampling.get("sampler", "ddim") != "ddim":
+            how += f", {SAMPLER_LABELS[sampling['sampler']]}"
         lines.append(
             f"| {e['step']} | {e['train_minutes']} | {e['loss_ema']} | {how} | "
             + " | ".join(f"{q[lv]:.3f}" for lv in COMPLEXITY_LEVELS)

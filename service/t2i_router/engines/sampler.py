@@ -1,8 +1,9 @@
-"""DDIM sampling with classifier-free guidance, independent of what shares a batch.
+"""Sampling with classifier-free guidance, independent of what shares a batch.
 
 Each image depends only on its prompt, seed, steps and guidance: the starting noise comes from
-a generator seeded per image, DDIM with eta = 0 adds no further noise, and requests with other
-step counts are sampled in their own loops. The denoiser is any callable with the
+a generator seeded per image, the samplers (DDIM with eta = 0, DPM-Solver++ 2M, UniPC) add no
+further noise and act on each image alone, and requests with other step counts are sampled in
+their own loops. The denoiser is any callable with the
 :class:`~t2i_router.engines.unet.Denoiser` signature, so torch and ONNX Runtime share this code.
 """
 
@@ -20,23 +21,74 @@ class SamplingError(ValueError):
     """Bad sampling settings (steps, guidance, seeds)."""
 
 
+# Deterministic samplers an engine can use (EngineConfig.sampler); docs/engines.md, "Samplers".
+SAMPLERS = ("ddim", "dpmpp_2m", "unipc")
+SAMPLER_LABELS = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++ 2M", "unipc": "UniPC"}
+
+
+def check_sampler(sampler: str) -> None:
+    """Raise :class:`SamplingError` unless ``sampler`` is one of :data:`SAMPLERS`."""
+    if sampler not in SAMPLERS:
+        raise SamplingError(f"sampler is {sampler!r}, must be one of {', '.join(SAMPLERS)}")
+
+
+def _clipping(scheduler_class: type) -> type:
+    """``scheduler_class`` whose dynamic thresholding is the clip it amounts to here.
+
+    With ``sample_max_value`` 1, diffusers' per-image scale is a quantile of |x0| clamped to
+    [1, 1], so the threshold is a clip to [-1, 1] (divided by 1); clipping directly gives the
+    same values (a test checks it bit for bit) without sorting every image at every step, which
+    was most of the solvers' own cost at batch 32 (benchmarks/test_bench_engines.py).
+    """
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        return sample.clamp(-1.0, 1.0)
+
+    return type(
+        scheduler_class.__name__, (scheduler_class,), {"_threshold_sample": _threshold_sample}
+    )
+
+
 def make_scheduler(num_train_timesteps: int = 1000, kind: str = "ddim"):
     """The noise schedule the engines are trained and sampled with.
 
-    DDPM training schedule: cosine (squaredcos_cap_v2), v-prediction. Sampling: DDIM with
-    trailing timesteps (the first step starts from pure noise) and sample clipping.
+    ``kind`` ``ddpm``: the training schedule, cosine (squaredcos_cap_v2), v-prediction. The
+    samplers (:data:`SAMPLERS`) share it, with trailing timesteps (the first step starts from
+    pure noise) and the predicted image clipped to [-1, 1] at every step: ``ddim`` (eta 0),
+    ``dpmpp_2m`` (DPM-Solver++, second order multistep; Lu et al. 2022) and ``unipc`` (UniPC,
+    predictor-corrector, bh2; Zhao et al. 2023). The multistep solvers clip through diffusers'
+    dynamic thresholding with ``sample_max_value`` 1, which is a clip to [-1, 1] per image.
     """
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        UniPCMultistepScheduler,
+    )
 
     common = dict(
         num_train_timesteps=num_train_timesteps,
         beta_schedule="squaredcos_cap_v2",
         prediction_type="v_prediction",
-        clip_sample=True,
     )
     if kind == "ddpm":
-        return DDPMScheduler(**common)
-    return DDIMScheduler(**common, timestep_spacing="trailing", set_alpha_to_one=True)
+        return DDPMScheduler(**common, clip_sample=True)
+    if kind == "ddim":
+        return DDIMScheduler(
+            **common, clip_sample=True, timestep_spacing="trailing", set_alpha_to_one=True
+        )
+    multistep = dict(
+        **common,
+        thresholding=True,
+        sample_max_value=1.0,
+        timestep_spacing="trailing",
+        final_sigmas_type="zero",
+    )
+    if kind == "dpmpp_2m":
+        return _clipping(DPMSolverMultistepScheduler)(**multistep, algorithm_type="dpmsolver++")
+    if kind == "unipc":
+        return _clipping(UniPCMultistepScheduler)(**multistep)
+    raise SamplingError(f"scheduler kind is {kind!r}, must be ddpm or one of {', '.join(SAMPLERS)}")
 
 
 def check_sampling(steps: int, guidance: float, max_steps: int) -> None:
@@ -86,7 +138,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def ddim_sample(
+def diffusion_sample(
     denoise: DenoiseFn,
     tokens: torch.Tensor,  # (B, L, D)
     mask: torch.Tensor,  # (B, L)
@@ -99,14 +151,16 @@ def ddim_sample(
     max_steps: int = 1000,
     guidance_rescale: float = 0.0,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    sampler: str = "ddim",
 ) -> np.ndarray:
-    """Generate (B, 32, 32, 3) uint8 images with DDIM and classifier-free guidance.
+    """Generate (B, 32, 32, 3) uint8 images with ``sampler`` and classifier-free guidance.
 
     ``guidance`` may be one scale or one per image; at exactly 1 an image is sampled from its
     conditional prediction alone (no empty-prompt pass).
     ``guidance_rescale`` (in [0, 1], see :func:`rescale_guided`) is the engine's, one for all.
-    ``on_step(i, x0)``, if given, sees after step ``i`` the scheduler's prediction of the final
-    image (B, 3, 32, 32) in [-1, 1]: where in sampling a picture's layout is decided.
+    ``on_step(i, x0)``, if given, sees at step ``i`` the prediction of the final image
+    (B, 3, 32, 32), clipped to [-1, 1]: where in sampling a picture's layout is decided.
+    ``sampler`` is one of :data:`SAMPLERS` (:func:`make_scheduler`).
     """
     b = tokens.shape[0]
     if len(seeds) != b:
@@ -115,8 +169,10 @@ def ddim_sample(
     for gi in g:
         check_sampling(steps, float(gi), max_steps)
     check_guidance_rescale(guidance_rescale)
-    scheduler = make_scheduler(num_train_timesteps)
+    check_sampler(sampler)
+    scheduler = make_scheduler(num_train_timesteps, sampler)
     scheduler.set_timesteps(steps)
+    alphas = scheduler.alphas_cumprod
     x = initial_noise(seeds)
     if b == 0:
         return to_uint8(x)
@@ -136,8 +192,9 @@ def ddim_sample(
             v[guided] = rescale_guided(
                 uncond + scale[guided] * (cond - uncond), cond, guidance_rescale
             )
-        out = scheduler.step(v, t, x)
         if on_step is not None:
-            on_step(i, out.pred_original_sample)
-        x = out.prev_sample
+            # v-prediction: x0 = sqrt(a) x_t - sqrt(1 - a) v, as every sampler computes it
+            a = alphas[int(t)]
+            on_step(i, (a.sqrt() * x - (1 - a).sqrt() * v).clamp(-1, 1))
+        x = scheduler.step(v, t, x).prev_sample
     return to_uint8(x)

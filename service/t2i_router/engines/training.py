@@ -642,6 +642,7 @@ class Trainer:
                 "steps": self.config.default_steps,
                 "guidance": self.config.default_guidance,
                 "guidance_rescale": self.config.guidance_rescale,
+                "sampler": self.config.sampler,
             },
         }
         self.curve.append(entry)

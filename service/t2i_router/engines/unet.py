@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from t2i_router.engines.sampler import check_sampler
 from t2i_router.engines.text_encoder import EMBED_DIM, MAX_TOKENS, pooled
 
 Conditioning = Literal["pooled", "cross_attention_low", "cross_attention"]
@@ -324,11 +325,13 @@ class EngineConfig:
     Attributes:
         name: ``edge_small`` or ``cloud_large`` (or a deployment's own name).
         unet: the denoiser's architecture.
-        default_steps: DDIM steps when a request gives none.
+        default_steps: sampler steps when a request gives none.
         default_guidance: classifier-free guidance scale when a request gives none.
         max_steps: the largest step count a request may ask for.
         guidance_rescale: the engine's guidance rescale in [0, 1] (``sampler.rescale_guided``);
             0 is plain classifier-free guidance.
+        sampler: the engine's sampler, one of ``sampler.SAMPLERS`` (``ddim``, ``dpmpp_2m``,
+            ``unipc``); engine folders written before it existed sample with ``ddim``.
     """
 
     name: str
@@ -338,10 +341,12 @@ class EngineConfig:
     max_steps: int = 100
     num_train_timesteps: int = 1000
     guidance_rescale: float = 0.0
+    sampler: str = "ddim"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale is {self.guidance_rescale}, must be in [0, 1]")
+        check_sampler(self.sampler)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -368,10 +373,11 @@ ENGINES: dict[str, EngineConfig] = {
     "edge_small": EngineConfig(
         name="edge_small",
         unet=EDGE_DESIGNS["pooled"],
-        # at 26,740 steps: better than 6 steps at guidance 2 and cheaper (one UNet pass a step;
-        # docs/sampling_edge_small.md)
+        # 8 UNet passes, the edge's budget, spent on 8 steps at guidance 1 (guidance 2 would halve
+        # the steps); UniPC: +0.015 on DDIM at the same cost (docs/engines.md, "Samplers")
         default_steps=8,
         default_guidance=1.0,
+        sampler="unipc",
     ),
     "cloud_large": EngineConfig(
         name="cloud_large",
@@ -390,7 +396,8 @@ ENGINES: dict[str, EngineConfig] = {
             text_transformer=False,
         ),
         default_steps=20,
-        # guidance above 1 lowers its alignment (docs/sampling_cloud_large.md); 1 also halves cost
+        # with UniPC, guidance 1.5 adds 0.002 at twice the cost (docs/sampling_cloud_large.md)
         default_guidance=1.0,
+        sampler="unipc",
     ),
 }
