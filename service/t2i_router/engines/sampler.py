@@ -9,6 +9,7 @@ their own loops. The denoiser is any callable with the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ def check_sampler(sampler: str) -> None:
         raise SamplingError(f"sampler is {sampler!r}, must be one of {', '.join(SAMPLERS)}")
 
 
+@functools.cache
 def _clipping(scheduler_class: type) -> type:
     """``scheduler_class`` whose dynamic thresholding is the clip it amounts to here.
 
@@ -56,8 +58,9 @@ def make_scheduler(num_train_timesteps: int = 1000, kind: str = "ddim"):
     samplers (:data:`SAMPLERS`) share it, with trailing timesteps (the first step starts from
     pure noise) and the predicted image clipped to [-1, 1] at every step: ``ddim`` (eta 0),
     ``dpmpp_2m`` (DPM-Solver++, second order multistep; Lu et al. 2022) and ``unipc`` (UniPC,
-    predictor-corrector, bh2; Zhao et al. 2023). The multistep solvers clip through diffusers'
-    dynamic thresholding with ``sample_max_value`` 1, which is a clip to [-1, 1] per image.
+    predictor-corrector, bh2; Zhao et al. 2023). The multistep solvers are configured with
+    diffusers' dynamic thresholding at ``sample_max_value`` 1, which is a clip to [-1, 1] per
+    image, and compute it as one (:func:`_clipping`).
     """
     from diffusers import (
         DDIMScheduler,
