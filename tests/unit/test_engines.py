@@ -236,7 +236,7 @@ def test_multistep_samplers_change_images_but_not_batch_independence(tiny_engine
     )
     # The UNet's kernels differ in the last float bit with the batch's size (docs/engines.md,
     # "Batch invariance"), which the solvers' extrapolation can carry across a rounding edge:
-    # a gray level on one value in thousands, never more.
+    # one gray level, on fewer than one value in a thousand.
     diff = np.abs(alone.astype(int) - batch)
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
