@@ -4,7 +4,8 @@ For each engine and sampler, ``--n`` tuning prompts (``report.tuning_prompts``) 
 one batch and each alone, with the same seeds, steps and guidance; the result is the share of
 uint8 values that differ and the largest difference. It also gives the UNet's own difference:
 one denoiser call on a batch against the same rows one at a time (max |difference| in its
-output), which is where a difference starts (docs/engines.md, "Batch invariance").
+output), which is where a difference starts, and the first module whose rows differ
+(docs/engines.md, "Batch invariance").
 
     .venv/bin/python benchmarks/batch_invariance.py --engine edge_small cloud_large
     # writes benchmarks/results/batch_invariance.json and prints a table
@@ -30,17 +31,40 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @torch.inference_mode()
-def unet_difference(engine: Engine, texts: list[str], timestep: int = 700) -> float:
-    """Max |denoiser(batch)[i] - denoiser(row i alone)| over the rows, on seeded noise."""
+def unet_difference(engine: Engine, texts: list[str], timestep: int = 700) -> tuple[float, str]:
+    """Max |denoiser(batch)[i] - denoiser(row i alone)| over the rows, on seeded noise, and the
+    first module (in the order modules finish) whose output for row 0 differs between the two."""
     tokens, mask = (torch.from_numpy(a) for a in engine.encoder.encode(texts))
     x = torch.randn((len(texts), 3, 32, 32), generator=torch.Generator().manual_seed(0))
     t = torch.full((len(texts),), timestep, dtype=torch.int64)
-    batch = engine.denoise(x, t, tokens, mask)
+    outputs: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name: str):
+        def hook(module, inputs, output):
+            output = output[0] if isinstance(output, tuple) else output
+            if torch.is_tensor(output):
+                outputs.setdefault(name, []).append(output[:1].clone())
+
+        return hook
+
+    handles = [m.register_forward_hook(keep(n)) for n, m in engine.denoise.named_modules() if n]
+    try:
+        batch = engine.denoise(x, t, tokens, mask)
+        first_row = engine.denoise(x[:1], t[:1], tokens[:1], mask[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    first = next(
+        (n for n, (a, b) in outputs.items() if a.shape == b.shape and not torch.equal(a, b)), "-"
+    )
     rows = [
-        engine.denoise(x[i : i + 1], t[:1], tokens[i : i + 1], mask[i : i + 1])
-        for i in range(len(texts))
+        first_row,
+        *(
+            engine.denoise(x[i : i + 1], t[:1], tokens[i : i + 1], mask[i : i + 1])
+            for i in range(1, len(texts))
+        ),
     ]
-    return float((torch.cat(rows) - batch).abs().max())
+    return float((torch.cat(rows) - batch).abs().max()), first
 
 
 def image_difference(engine: Engine, texts: list[str]) -> dict:
@@ -71,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for name in args.engine:
         engine = Engine.load(Path(args.models_dir) / name)
-        unet = unet_difference(engine, texts[:8])
+        unet, first = unet_difference(engine, texts[:8])
         for sampler in args.sampler:
             other = Engine(replace(engine.config, sampler=sampler), engine.denoise, engine.encoder)
             rows.append(
@@ -81,6 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "steps": engine.config.default_steps,
                     "guidance": engine.config.default_guidance,
                     "unet_max_abs_difference": unet,
+                    "first_differing_module": first,
                     **image_difference(other, texts),
                 }
             )
@@ -88,11 +113,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(args.results_dir) / "batch_invariance.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"n_prompts": len(texts), "rows": rows}, indent=2) + "\n")
-    print("| engine | sampler | UNet max diff | values differing | images differing | max |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| engine | sampler | UNet max diff | first module differing | values differing | "
+        "images differing | max |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['engine']} | {r['sampler']} | {r['unet_max_abs_difference']:.1e} | "
+            f"{r['first_differing_module']} | "
             f"{r['values_differing']} of {r['values']} | {r['images_differing']} of {len(texts)} "
             f"| {r['max_difference']} |"
         )

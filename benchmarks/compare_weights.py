@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from sampling_sweep import weights_id
 
-from t2i_router.engines import Engine, EngineConfig
+from t2i_router.engines import Engine
 from t2i_router.engines.engine import CONFIG_FILE, WEIGHTS_FILE
 from t2i_router.engines.report import (
     CONTROLS,
@@ -57,16 +57,6 @@ def checkout_weights(revision: str, engine: str, out_dir: Path, repo: Path | Non
             raise SystemExit(f"cannot read {spec}: {done.stderr.decode().strip()}")
         (out_dir / name).write_bytes(done.stdout)
     return out_dir
-
-
-def sampling_of(config: EngineConfig) -> dict:
-    """How an engine samples by default: sampler, steps, guidance and guidance rescale."""
-    return {
-        "sampler": config.sampler,
-        "steps": config.default_steps,
-        "guidance": config.default_guidance,
-        "guidance_rescale": config.guidance_rescale,
-    }
 
 
 def same_sampling(engines: dict[str, Engine], sampler: str | None = None) -> dict[str, Engine]:
@@ -169,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         engines = same_sampling(
             {name: Engine.load(d) for name, d in dirs.items()}, sampler=args.sampler
         )
-        sampling = sampling_of(next(iter(engines.values())).config)
+        sampling = next(iter(engines.values())).config.sampling()
         if args.runtime == "onnxruntime":
             engines = {
                 name: onnx_engine(e, Path(scratch) / f"onnx{i}")

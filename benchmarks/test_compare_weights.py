@@ -86,7 +86,7 @@ def test_a_baseline_samples_as_the_candidate_does(tmp_path: Path) -> None:
     engines = {"base": Engine.load(base_dir), "cand": Engine.load(cand_dir)}
     assert engines["base"].config.sampler == "ddim"  # written before samplers existed
     same = compare_weights.same_sampling(engines)
-    assert [compare_weights.sampling_of(e.config) for e in same.values()] == [
+    assert [e.config.sampling() for e in same.values()] == [
         {"sampler": "unipc", "steps": 3, "guidance": 1.5, "guidance_rescale": 0.0}
     ] * 2
     assert same["base"].denoise is engines["base"].denoise  # its own weights

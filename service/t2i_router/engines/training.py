@@ -638,12 +638,7 @@ class Trainer:
             "loss_ema": None if self.loss_ema is None else round(self.loss_ema, 5),
             "mean_alignment": {k: round(v, 4) for k, v in quality.items()},
             # the sampling it was measured with: defaults change, entries stay comparable
-            "sampling": {
-                "steps": self.config.default_steps,
-                "guidance": self.config.default_guidance,
-                "guidance_rescale": self.config.guidance_rescale,
-                "sampler": self.config.sampler,
-            },
+            "sampling": self.config.sampling(),
         }
         self.curve.append(entry)
         log.info("eval at step %d: %s", self.step, json.dumps(entry["mean_alignment"]))

@@ -348,6 +348,15 @@ class EngineConfig:
             raise ValueError(f"guidance_rescale is {self.guidance_rescale}, must be in [0, 1]")
         check_sampler(self.sampler)
 
+    def sampling(self) -> dict:
+        """How the engine samples by default (learning-curve entries, weight comparisons)."""
+        return {
+            "steps": self.default_steps,
+            "guidance": self.default_guidance,
+            "guidance_rescale": self.guidance_rescale,
+            "sampler": self.sampler,
+        }
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["unet"] = self.unet.to_dict()
