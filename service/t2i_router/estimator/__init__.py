@@ -1,0 +1,1 @@
+"""The quality estimator: labels, the token-selection MoE, baselines and evaluation."""
