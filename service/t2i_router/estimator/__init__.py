@@ -1,0 +1,1 @@
+"""Per-prompt quality estimation for routing: models, baselines, labels and their evaluation."""
