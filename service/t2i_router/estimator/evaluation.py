@@ -562,7 +562,7 @@ def bootstrap_metrics(
         raise InvalidRequest("method_scores is empty; give at least one method")
     if include_random and "random" in method_scores:
         raise InvalidRequest("method name 'random' is reserved when include_random is set")
-    if not isinstance(n_boot, int) or n_boot < 1:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
         raise InvalidRequest(f"n_boot must be a positive integer, got {n_boot!r}")
     if not 0.0 < confidence < 1.0:
         raise InvalidRequest(f"confidence must lie in (0, 1), got {confidence!r}")
