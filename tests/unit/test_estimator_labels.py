@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -42,6 +43,25 @@ def models(tmp_path):
     return out
 
 
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A test split of 4 prompts x 2 seeds x 2 choices, drawn once; tests copy it."""
+    root = tmp_path_factory.mktemp("labelled")
+    models = root / "models"
+    _save_tiny(models, "edge_small", 0)
+    _save_tiny(models, "cloud_large", 1)
+    manifest = _label(root / "labels", models)
+    return root, manifest
+
+
+@pytest.fixture
+def copy(labelled, tmp_path):
+    """(labels dir, models dir, manifest) of a private copy of the labelled split."""
+    root, manifest = labelled
+    shutil.copytree(root, tmp_path / "copy")
+    return tmp_path / "copy" / "labels", tmp_path / "copy" / "models", manifest
+
+
 def _label(out, models, **kw):
     args = dict(prompts=4, seeds=2, choices=CHOICES, chunk=2, models_dir=models, runtime="torch")
     args.update(kw)
@@ -61,9 +81,9 @@ def test_splits_are_disjoint_by_scene_and_avoid_the_engines_prompts():
     assert split_prompts("test", 12) == by_split["test"][:12]
 
 
-def test_labels_round_trip_with_one_seed_grid_for_every_choice(tmp_path, models):
-    manifest = _label(tmp_path, models)
-    labels = load_labels(tmp_path, "test")
+def test_labels_round_trip_with_one_seed_grid_for_every_choice(labelled):
+    root, manifest = labelled
+    labels = load_labels(root / "labels", "test")
     assert labels.quality.shape == (4, 2, 2, len(ASPECTS))
     assert [c.name for c in labels.choices] == ["edge_small@2", "cloud_large@3"]
     assert labels.data_version == manifest.data_version
@@ -80,19 +100,19 @@ def test_labels_round_trip_with_one_seed_grid_for_every_choice(tmp_path, models)
     assert labels.alignment.shape == (4, 2, 2)
 
 
-def test_resume_draws_only_missing_parts_and_gives_the_same_labels(tmp_path, models):
-    _label(tmp_path, models)
-    first = load_labels(tmp_path, "test")
-    folder = tmp_path / "test"
+def test_resume_draws_only_missing_parts_and_gives_the_same_labels(copy):
+    labels_dir, models, _ = copy
+    first = load_labels(labels_dir, "test")
+    folder = labels_dir / "test"
     lost = part_path(folder, CHOICES[1], 1)
     kept = part_path(folder, CHOICES[0], 1)
     lost.unlink()  # as if the run had been killed before writing it
     before = kept.stat().st_mtime_ns
     # Without the lost part, only whole prompts load.
-    assert len(load_labels(tmp_path, "test").prompts) == 2
-    _label(tmp_path, models, resume=True)
+    assert len(load_labels(labels_dir, "test").prompts) == 2
+    _label(labels_dir, models, resume=True)
     assert lost.exists() and kept.stat().st_mtime_ns == before
-    again = load_labels(tmp_path, "test")
+    again = load_labels(labels_dir, "test")
     np.testing.assert_array_equal(again.quality, first.quality)
 
 
@@ -111,12 +131,12 @@ def test_resume_extends_prompts_and_redraws_parts_of_changed_weights(tmp_path, m
     assert manifest.engines["edge_small"] != json.loads(json.dumps(manifest.engines))["cloud_large"]
 
 
-def test_existing_labels_need_resume_and_the_same_seeds(tmp_path, models):
-    _label(tmp_path, models, prompts=2)
+def test_existing_labels_need_resume_and_the_same_seeds(copy):
+    labels_dir, models, _ = copy
     with pytest.raises(InvalidRequest, match="--resume"):
-        _label(tmp_path, models, prompts=2)
+        _label(labels_dir, models)
     with pytest.raises(InvalidRequest, match="--seeds 2"):
-        _label(tmp_path, models, prompts=2, seeds=3, resume=True)
+        _label(labels_dir, models, seeds=3, resume=True)
 
 
 @pytest.mark.parametrize(
