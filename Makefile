@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0+cpu
 BENCH_JSON ?= benchmarks/results/bench-$(shell date +%Y%m%d-%H%M%S).json
 
-.PHONY: venv test bench demo serve stop lock clean distclean
+.PHONY: venv test bench demo serve stop lock clean distclean proto
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest --benchmark-disable tests $(wildcard benchmarks)
+
+# Regenerates the committed Python stubs (clients/python/t2i_router_client) from proto/.
+proto: venv
+	$(BIN)/python -m t2i_router_client.codegen
 
 bench: venv
 	mkdir -p $(dir $(BENCH_JSON))
