@@ -376,7 +376,8 @@ def _load_engines(names: set[str], models_dir: str | Path, runtime: str) -> dict
         engine = Engine.load(Path(models_dir) / name, encoder)
         if runtime == "onnxruntime":
             path = export_onnx(engine.denoise, workdir / f"{name}.onnx")
-            engine = Engine(engine.config, OnnxDenoiser(path), encoder)
+            # Labeling shares the host with other work: idle ORT workers must not spin.
+            engine = Engine(engine.config, OnnxDenoiser(path, spinning=False), encoder)
         engines[name] = engine
     return engines
 
