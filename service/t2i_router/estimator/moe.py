@@ -288,7 +288,7 @@ def estimator_loss(
     y = torch.nan_to_num(target).clamp(0.0, 1.0)  # (B, M, K)
     bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")  # (B, M, K)
     bce = (bce * valid).sum() / valid.sum().clamp(min=1)
-    parts = {"bce": float(bce)}
+    parts = {"bce": float(bce.detach())}
     loss = bce
     if c.prs_loss_weight > 0 and prs_target is not None:
         e, g = c.choices.index(c.edge_choice), c.choices.index(c.cloud_choice)
@@ -297,6 +297,6 @@ def estimator_loss(
         prs = prs_from_q(q[:, e], q[:, g], model.prs_mu[e], model.prs_mu[g], c.prs_gamma, both)
         p = prs.clamp(1e-6, 1 - 1e-6)  # (B,)
         prs_loss = F.binary_cross_entropy(p, prs_target.clamp(0.0, 1.0))
-        parts["prs"] = float(prs_loss)
+        parts["prs"] = float(prs_loss.detach())
         loss = loss + c.prs_loss_weight * prs_loss
     return loss, parts
