@@ -228,7 +228,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         row = {"epoch": epoch, "train_loss": total / len(train), "val_loss": None}
         watched = row["train_loss"]
         if val is not None and len(val):
