@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -172,7 +173,8 @@ def run(
         "threads": threads,
         "repeats": repeats,
         "host": platform.node(),
-        "cpu_count": len(__import__("os").sched_getaffinity(0)),
+        "cpu_count": len(os.sched_getaffinity(0)),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # shared hosts inflate every figure
         "encoder": str(default_encoder_path()),
         "moe_parameters": moe["static"].n_parameters(),
         "ms_per_prompt": results,
