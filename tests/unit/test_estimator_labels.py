@@ -230,3 +230,15 @@ def test_label_command_prints_the_manifest_and_exits_2_on_a_bad_split(tmp_path, 
     )
     assert code == 2
     assert "'edge_small'" in capsys.readouterr().err
+
+
+def test_filled_quality_makes_the_equal_weight_alignment_the_image_alignment(labelled):
+    root, _ = labelled
+    labels = load_labels(root / "labels", "test")
+    filled = labels.quality_filled
+    n_align = ASPECTS.index("relation") + 1
+    assert not np.isnan(filled[..., :n_align]).any()
+    np.testing.assert_allclose(filled[..., :n_align].mean(-1), labels.alignment, rtol=1e-6)
+    # applicable values are untouched
+    applicable = ~np.isnan(labels.quality)
+    np.testing.assert_array_equal(filled[applicable], labels.quality[applicable])

@@ -38,7 +38,13 @@ import numpy as np
 
 from t2i_router.errors import InvalidRequest, RouterError
 from t2i_router.estimator.choices import DEFAULT_CHOICES, Choice
-from t2i_router.world import ASPECTS, COMPLEXITY_LEVELS, mean_alignment, parse_prompt
+from t2i_router.world import (
+    ALIGNMENT_ASPECTS,
+    ASPECTS,
+    COMPLEXITY_LEVELS,
+    mean_alignment,
+    parse_prompt,
+)
 from t2i_router.world.sampler import sample_prompts
 from t2i_router.world.spec import SceneSpec
 
@@ -417,6 +423,22 @@ class LabelSet:
     def alignment(self) -> np.ndarray:
         """(N, M, S) mean alignment of each image."""
         return mean_alignment(self.quality)
+
+    @property
+    def quality_filled(self) -> np.ndarray:
+        """:attr:`quality` with each inapplicable alignment aspect (the relation of a prompt
+        without one) set to the image's alignment over the aspects that apply.
+
+        The equal-weight mean over all alignment aspects then *is* the image's alignment, so an
+        estimator trained on these targets predicts utilities on one scale for every prompt, and
+        never carries an unconstrained output into a utility.
+        """
+        q = self.quality.copy()
+        n_align = len(ALIGNMENT_ASPECTS)
+        align = q[..., :n_align]
+        fill = np.broadcast_to(mean_alignment(q)[..., None], align.shape)
+        align[np.isnan(align)] = fill[np.isnan(align)]
+        return q
 
     def scene_specs(self) -> list[SceneSpec]:
         return [parse_prompt(s) for s in self.specs]

@@ -8,8 +8,10 @@
                          val figures, train time, history
     MODEL_CARD.md        the same for people
 
-Targets are each choice's qualities averaged over a prompt's seeds (already in [0, 1]); aspects
-that do not apply (NaN) are left out of the loss. The PRS target is the labels' PRS of the edge
+Targets are each choice's qualities averaged over a prompt's seeds (already in [0, 1]); an
+alignment aspect that does not apply (the relation of a prompt without one) is filled with the
+image's alignment over the others (``LabelSet.quality_filled``); any NaN left is masked out of
+the loss. The PRS target is the labels' PRS of the edge
 default over the cloud default on those means, with the training labels' metric means as scale.
 """
 
@@ -140,8 +142,12 @@ def _metric_index(config: EstimatorConfig) -> list[int]:
 
 
 def seed_means(labels: LabelSet, config: EstimatorConfig) -> np.ndarray:
-    """(N, M, K) each choice's quality averaged over seeds, in the config's order; NaN kept."""
-    q = labels.quality[:, _choice_index(labels, config)][..., _metric_index(config)]  # (N,M,S,K)
+    """(N, M, K) each choice's quality averaged over seeds, in the config's order.
+
+    Inapplicable alignment aspects are filled (:attr:`LabelSet.quality_filled`), so the targets
+    hold no NaN and a prompt's equal-weight alignment utility is its labels' alignment.
+    """
+    q = labels.quality_filled[:, _choice_index(labels, config)][..., _metric_index(config)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN aspect of a prompt
         return np.nanmean(q, axis=2).astype(np.float32)
