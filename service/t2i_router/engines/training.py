@@ -48,6 +48,7 @@ from t2i_router.engines.unet import (
     add_position_channels,
     pad_position_inputs,
 )
+from t2i_router.errors import FailedPrecondition
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, sample_prompts, score_images
 from t2i_router.world.renderer import render_with_masks
 
@@ -56,8 +57,13 @@ log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 
 
-class TrainingError(RuntimeError):
-    """A run cannot start or resume (missing or mismatched checkpoint)."""
+class TrainingError(FailedPrecondition, RuntimeError):
+    """A run cannot start or resume.
+
+    Settings that do not fit the engine, this host or the checkpoint (grounding on a pooled
+    engine, CUDA where there is none), or a missing or mismatched checkpoint. Flag values out of
+    range are rejected before, by the CLI's argument types.
+    """
 
 
 @dataclass(frozen=True)
