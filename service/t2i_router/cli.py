@@ -1,7 +1,8 @@
 """The ``t2i-router`` command line.
 
-Every failure the user can cause (a bad prompt, a missing file) ends with a one-line message and
-exit status 2, never a traceback.
+Every failure the user can cause (a bad prompt, a missing file) is a
+`t2i_router.errors.RouterError`; :func:`t2i_router.command.run_command` ends it with a one-line
+message and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import logging
 import math
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from t2i_router.argtypes import non_negative_float, non_negative_int, positive_int, unit_interval
-from t2i_router.errors import RouterError
+from t2i_router.command import run_command
+from t2i_router.errors import InvalidRequest
 from t2i_router.estimator.cli import add_estimator_parser, add_label_parser
-from t2i_router.imageio import ImageFileError, load_png, save_png
+from t2i_router.imageio import load_png, save_png
 from t2i_router.triton.cli import add_triton_parser
 from t2i_router.world import (
     ASPECTS,
@@ -37,15 +39,15 @@ from t2i_router.world import (
 log = logging.getLogger("t2i_router.cli")
 
 
-class CliError(Exception):
-    """A user-caused failure; printed as one line, exit status 2."""
+class CliError(InvalidRequest):
+    """A command line that cannot run as given: options that do not fit, an unreadable file."""
 
 
 def _parse(text: str, where: str = "") -> object:
     try:
         return parse_prompt(text)
-    except PromptError as e:
-        raise CliError(f"bad prompt{where} {text!r}: {e}") from e
+    except PromptError as e:  # the same error, saying which prompt
+        raise PromptError(f"bad prompt{where} {text!r}: {e}") from e
 
 
 def _read_prompts(path: str) -> list[str]:
@@ -83,10 +85,7 @@ def cmd_world_render(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     spec = _parse(args.prompt)
-    try:
-        image = load_png(args.image)
-    except ImageFileError as e:
-        raise CliError(str(e)) from e
+    image = load_png(args.image)
     scores = score_images(image[None], [spec])[0]
     out = {
         name: (None if math.isnan(v) else round(float(v), 4)) for name, v in zip(ASPECTS, scores)
@@ -156,6 +155,7 @@ UNET_FEATURES = ("position_channels", "token_positions", "text_transformer")
 def cmd_engines_train(args: argparse.Namespace) -> None:
     from t2i_router.engines import ENGINES
     from t2i_router.engines.training import (
+        STATE_FILE,
         TrainConfig,
         Trainer,
         TrainingError,
@@ -184,41 +184,30 @@ def cmd_engines_train(args: argparse.Namespace) -> None:
         }.items()
         if v is not None
     }
-    try:
-        config = run_engine_config(
-            ENGINES[args.engine], out_dir, args.resume, args.unet_feature or ()
-        )
-        train_cfg = checkpoint_recipe(out_dir, **given) if args.resume else TrainConfig(**given)
-    except TrainingError as e:
-        raise CliError(str(e)) from e
+    config = run_engine_config(ENGINES[args.engine], out_dir, args.resume, args.unet_feature or ())
+    train_cfg = checkpoint_recipe(out_dir, **given) if args.resume else TrainConfig(**given)
+    if not args.resume and (out_dir / STATE_FILE).exists():
+        raise TrainingError(f"{out_dir / STATE_FILE} exists: pass --resume, or remove it")
     trainer = Trainer(config, out_dir, train_cfg, cache_dir=Path(args.cache_dir))
-    try:
-        if args.resume:
-            trainer.load_checkpoint()
-        elif (out_dir / "train_state.pt").exists():
-            raise CliError(f"{out_dir / 'train_state.pt'} exists: pass --resume, or remove it")
-        result = trainer.run(minutes=args.minutes, max_steps=args.max_steps)
-    except TrainingError as e:
-        raise CliError(str(e)) from e
+    if args.resume:
+        trainer.load_checkpoint()
+    result = trainer.run(minutes=args.minutes, max_steps=args.max_steps)
     print(json.dumps({"engine": args.engine, "step": result["step"], "out_dir": str(out_dir)}))
 
 
 def cmd_engines_generate(args: argparse.Namespace) -> None:
-    from t2i_router.engines import Engine, SamplingError, WeightsNotFoundError
+    from t2i_router.engines import Engine
 
     prompts = _read_prompts(args.prompts_file)
-    try:
-        engine = Engine.load(Path(args.models_dir) / args.engine)
-        if args.sampler is not None:
-            engine.config = replace(engine.config, sampler=args.sampler)
-        images = engine.generate(
-            prompts,
-            [args.seed + i for i in range(len(prompts))],
-            steps=args.steps,
-            guidance=args.guidance,
-        )
-    except (WeightsNotFoundError, SamplingError) as e:
-        raise CliError(str(e)) from e
+    engine = Engine.load(Path(args.models_dir) / args.engine)
+    if args.sampler is not None:
+        engine.config = replace(engine.config, sampler=args.sampler)
+    images = engine.generate(
+        prompts,
+        [args.seed + i for i in range(len(prompts))],
+        steps=args.steps,
+        guidance=args.guidance,
+    )
     out_dir = Path(args.out_dir)
     for i, image in enumerate(images):
         save_png(image, out_dir / f"{i:04d}.png", scale=args.scale)
@@ -244,7 +233,8 @@ def cmd_engines_report(args: argparse.Namespace) -> None:
             for name in ("edge_small", "cloud_large")
         }
     except WeightsNotFoundError as e:
-        raise CliError(f"{e}; train it first with `t2i-router engines train`") from e
+        e.add_note("train it first with `t2i-router engines train`")
+        raise
     untrained = {name: untrained_engine(e.config, encoder) for name, e in engines.items()}
     scratch = None
     if args.runtime == "onnxruntime":  # what Triton serves; faster than torch for the cloud
@@ -289,25 +279,18 @@ def cmd_engines_report(args: argparse.Namespace) -> None:
 
 
 def cmd_engines_card(args: argparse.Namespace) -> None:
-    from t2i_router.engines import WeightsNotFoundError
     from t2i_router.engines.report import write_model_card
 
-    try:
-        card = write_model_card(Path(args.models_dir) / args.engine)
-    except WeightsNotFoundError as e:
-        raise CliError(str(e)) from e
+    card = write_model_card(Path(args.models_dir) / args.engine)
     print(json.dumps({"engine": card["name"], "cost": card["cost"]}))
 
 
 def cmd_engines_export(args: argparse.Namespace) -> None:
-    from t2i_router.engines import WeightsNotFoundError, load_denoiser
+    from t2i_router.engines import load_denoiser
     from t2i_router.engines.export import ONNX_FILE, export_onnx
 
     engine_dir = Path(args.models_dir) / args.engine
-    try:
-        model, _ = load_denoiser(engine_dir)
-    except WeightsNotFoundError as e:
-        raise CliError(str(e)) from e
+    model, _ = load_denoiser(engine_dir)
     print(export_onnx(model, engine_dir / ONNX_FILE))
 
 
@@ -462,16 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    func: Callable[[argparse.Namespace], None] = args.func
-    try:
-        func(args)
-    except (CliError, RouterError) as e:
-        print(f"t2i-router: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("t2i-router: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

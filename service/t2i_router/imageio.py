@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from t2i_router.errors import InvalidRequest
 from t2i_router.world.renderer import IMAGE_SIZE
 
 
-class ImageFileError(ValueError):
+class ImageFileError(InvalidRequest, ValueError):
     """A file is not a readable PNG at an integer upscale of 32x32."""
 
 

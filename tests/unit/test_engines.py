@@ -376,6 +376,54 @@ def test_cli_generate_writes_pngs_and_rejects_bad_steps(tiny_engine, tmp_path, c
     assert "nope/config.json does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["edge_small", "--grounding-weight", "0.5"],
+            "grounding_weight is 0.5, but edge_small is conditioned on the pooled prompt",
+        ),
+        (["edge_small", "--device", "gpu0"], "device is 'gpu0', expected cpu or cuda"),
+        pytest.param(
+            ["cloud_large", "--device", "cuda"],
+            "device is 'cuda', but torch sees no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA"),
+        ),
+        (["edge_small", "--resume"], "cannot resume: "),
+    ],
+)
+def test_cli_train_with_bad_flags_exits_2_in_one_line_before_training(
+    flags, message, tmp_path, capsys, monkeypatch
+):
+    from t2i_router.engines import training
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the settings must be checked before the encoder loads or training")
+
+    monkeypatch.setattr(training, "TextEncoder", must_not_run)
+    monkeypatch.setattr(training.Trainer, "run", must_not_run)
+    dirs = ["--models-dir", str(tmp_path / "models"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(["engines", "train", *flags, *dirs]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("t2i-router: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "models").exists()
+
+
+def test_cli_train_with_bad_flags_ends_without_a_traceback_as_a_command(tmp_path):
+    import subprocess
+    import sys
+
+    argv = ["engines", "train", "edge_small", "--grounding-weight", "0.5"]
+    argv += ["--models-dir", str(tmp_path / "models"), "--cache-dir", str(tmp_path / "cache")]
+    result = subprocess.run(
+        [sys.executable, "-m", "t2i_router.cli", *argv], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("t2i-router: error: grounding_weight is 0.5, but edge_small is")
+
+
 def test_engine_server_answers_each_request_alone(tiny_engine):
     from t2i_router.engines.serving import BadRequest, EngineFailure, EngineRequest, EngineServer
 

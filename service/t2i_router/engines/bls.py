@@ -26,6 +26,7 @@ from t2i_router.engines.export import INPUT_NAMES, OUTPUT_NAME
 from t2i_router.engines.serving import EngineServer, ServingConfig
 from t2i_router.engines.text_encoder import TextEncoder, TextEncoderConfig
 from t2i_router.engines.unet import EngineConfig
+from t2i_router.errors import ConfigError, MissingFileError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ INPUT_DTYPES = {
 ROW_INPUTS = frozenset({"timestep"})
 
 
-class BlsError(RuntimeError):
+class BlsError(ModelError, RuntimeError):
     """The UNet model failed a BLS request or answered with something unusable."""
 
 
@@ -79,11 +80,11 @@ class BlsDenoiser:
     ) -> None:
         unknown = [n for n in input_names if n not in INPUT_DTYPES]
         if unknown or not input_names:
-            raise ValueError(
+            raise ConfigError(
                 f"UNet inputs are {list(input_names)}; expected names from {list(INPUT_NAMES)}"
             )
         if max_rows < 1:
-            raise ValueError(f"max_rows is {max_rows}, must be >= 1")
+            raise ConfigError(f"max_rows is {max_rows}, must be >= 1")
         self.model_name = model_name
         self.input_names = tuple(input_names)
         self.max_rows = max_rows
@@ -171,16 +172,16 @@ def load_bls_server(
     ``unet_max_batch_size``. The engine's weights are not loaded: the UNet model holds them.
 
     Raises:
-        ValueError: a parameter is missing or bad, quoting it.
-        FileNotFoundError: the engine's config.json is missing.
+        ConfigError: a parameter is missing or bad, quoting it (a ``ValueError`` too).
+        MissingFileError: the engine's config.json is missing (a ``FileNotFoundError`` too).
     """
     for key in ("engine_dir", "unet_model", "unet_inputs", "unet_max_batch_size"):
         if key not in params:
-            raise ValueError(f"parameter {key} is missing")
+            raise ConfigError(f"parameter {key} is missing")
     settings = ServingConfig.from_parameters(dict(params), base_dir)
     config_path = Path(settings.engine_dir) / CONFIG_FILE
     if not config_path.exists():
-        raise FileNotFoundError(f"engine config missing: {config_path} does not exist")
+        raise MissingFileError(f"engine config missing: {config_path} does not exist")
     config = EngineConfig.from_dict(json.loads(config_path.read_text()))
     denoiser = BlsDenoiser(
         params["unet_model"],

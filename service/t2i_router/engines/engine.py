@@ -13,6 +13,7 @@ import torch
 from t2i_router.engines.sampler import DenoiseFn, SamplingError, check_sampling, diffusion_sample
 from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.engines.unet import Denoiser, EngineConfig
+from t2i_router.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "model_card.json"
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(MissingFileError):
     """An engine folder lacks its config or weights."""
 
 

@@ -17,6 +17,7 @@ import torch
 
 from t2i_router.engines.text_encoder import EMBED_DIM, MAX_TOKENS
 from t2i_router.engines.unet import Denoiser
+from t2i_router.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class OnnxDenoiser:
 
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"no ONNX model at {path}")
+            raise MissingFileError(f"no ONNX model at {path}")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

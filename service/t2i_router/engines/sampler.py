@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from t2i_router.errors import InvalidRequest
+
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class SamplingError(ValueError):
+class SamplingError(InvalidRequest, ValueError):
     """Bad sampling settings (steps, guidance, seeds)."""
 
 

@@ -19,19 +19,20 @@ from t2i_router.engines.engine import Engine, load_denoiser
 from t2i_router.engines.export import ONNX_FILE, OnnxDenoiser, export_onnx
 from t2i_router.engines.sampler import SamplingError
 from t2i_router.engines.text_encoder import TextEncoder, TextEncoderConfig
+from t2i_router.errors import ConfigError, InvalidRequest, ModelError
 
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_BYTES = 2048
 
 
-class BadRequest(ValueError):
+class BadRequest(InvalidRequest, ValueError):
     """One request is malformed; the message names the bad value."""
 
     triton_code = "INVALID_ARG"
 
 
-class EngineFailure(RuntimeError):
+class EngineFailure(ModelError, RuntimeError):
     """The engine failed on a batch (a bug or a resource problem, not the request's fault)."""
 
     triton_code = "INTERNAL"
@@ -70,13 +71,13 @@ class ServingConfig:
     def from_parameters(cls, params: dict[str, str], base_dir: str | Path) -> ServingConfig:
         """Build from Triton string parameters; ``engine_dir`` is relative to ``base_dir``."""
         if "engine_dir" not in params:
-            raise ValueError("parameter engine_dir is missing")
+            raise ConfigError("parameter engine_dir is missing")
         engine_dir = Path(os.path.expandvars(params["engine_dir"]))
         if not engine_dir.is_absolute():
             engine_dir = Path(base_dir) / engine_dir
         runtime = params.get("runtime", "onnxruntime")
         if runtime not in ("onnxruntime", "torch"):
-            raise ValueError(f"parameter runtime is {runtime!r}, expected onnxruntime or torch")
+            raise ConfigError(f"parameter runtime is {runtime!r}, expected onnxruntime or torch")
         return cls(
             engine_dir=str(engine_dir.resolve()),
             runtime=runtime,

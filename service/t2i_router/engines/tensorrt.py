@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from t2i_router.engines.export import INPUT_NAMES, OUTPUT_NAME
+from t2i_router.errors import FailedPrecondition, MissingFileError, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -29,11 +30,11 @@ log = logging.getLogger(__name__)
 Shape = tuple[int, ...]
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(FailedPrecondition, RuntimeError):
     """TensorRT (its Python package or libraries), or a CUDA device, is missing here."""
 
 
-class TensorRTError(RuntimeError):
+class TensorRTError(ModelError, RuntimeError):
     """TensorRT could not parse a graph, build a plan, or load or run one."""
 
 
@@ -121,7 +122,7 @@ def build_engine(
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     batch_profile([], min_batch, opt_batch, max_batch)  # validate before the slow work
     if not onnx_path.exists():
-        raise FileNotFoundError(f"no ONNX graph at {onnx_path}")
+        raise MissingFileError(f"no ONNX graph at {onnx_path}")
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -199,7 +200,7 @@ class TensorRTDenoiser:
             )
         plan_path = Path(plan_path)
         if not plan_path.exists():
-            raise FileNotFoundError(f"no TensorRT plan at {plan_path}")
+            raise MissingFileError(f"no TensorRT plan at {plan_path}")
         self.path = plan_path
         self.device = torch.device(device)
         self._logger = trt.Logger(trt.Logger.WARNING)

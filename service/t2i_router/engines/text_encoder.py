@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from t2i_router.errors import MissingFileError
+
 log = logging.getLogger(__name__)
 
 # The longest prompt of the world is 16 tokens with [CLS]/[SEP]; 24 leaves room for any phrasing.
@@ -23,7 +25,7 @@ MAX_TOKENS = 24
 EMBED_DIM = 384
 
 
-class EncoderNotFoundError(FileNotFoundError):
+class EncoderNotFoundError(MissingFileError):
     """The text encoder's folder does not exist or holds no model."""
 
 

@@ -48,6 +48,7 @@ from t2i_router.engines.unet import (
     add_position_channels,
     pad_position_inputs,
 )
+from t2i_router.errors import FailedPrecondition
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, sample_prompts, score_images
 from t2i_router.world.renderer import render_with_masks
 
@@ -56,8 +57,13 @@ log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 
 
-class TrainingError(RuntimeError):
-    """A run cannot start or resume (missing or mismatched checkpoint)."""
+class TrainingError(FailedPrecondition, RuntimeError):
+    """A run cannot start or resume.
+
+    Settings that do not fit the engine, this host or the checkpoint (grounding on a pooled
+    engine, CUDA where there is none), or a missing or mismatched checkpoint. Flag values out of
+    range are rejected before, by the CLI's argument types.
+    """
 
 
 @dataclass(frozen=True)
@@ -354,6 +360,18 @@ class Trainer:
                 f"high_noise_from is {self.cfg.high_noise_from}: expected below the "
                 f"{config.num_train_timesteps} training timesteps of {config.name}"
             )
+        # Every check of the settings comes before the encoder loads and the pool is encoded.
+        if self.cfg.grounding_weight > 0 and config.unet.conditioning == "pooled":
+            raise TrainingError(
+                f"grounding_weight is {self.cfg.grounding_weight}, but {config.name} is "
+                "conditioned on the pooled prompt (no cross-attention to ground)"
+            )
+        try:
+            self.device = torch.device(self.cfg.device)
+        except RuntimeError as e:
+            raise TrainingError(f"device is {self.cfg.device!r}, expected cpu or cuda[:N]") from e
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(f"device is {self.cfg.device!r}, but torch sees no CUDA device")
         self.encoder = encoder or TextEncoder()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -363,12 +381,6 @@ class Trainer:
         null_tokens, null_mask = self.encoder.encode([""])
         self.null_tokens = torch.from_numpy(null_tokens)
         self.null_mask = torch.from_numpy(null_mask)
-        try:
-            self.device = torch.device(self.cfg.device)
-        except RuntimeError as e:
-            raise TrainingError(f"device is {self.cfg.device!r}, expected cpu or cuda[:N]") from e
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise TrainingError(f"device is {self.cfg.device!r}, but torch sees no CUDA device")
         torch.manual_seed(self.cfg.data_seed)  # the initial weights
         self.model = Denoiser(config.unet).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -376,11 +388,6 @@ class Trainer:
         self.attention: AttentionMaps | None = None
         self.pool_groups: np.ndarray | None = None
         if self.cfg.grounding_weight > 0:
-            if config.unet.conditioning == "pooled":
-                raise TrainingError(
-                    f"grounding_weight is {self.cfg.grounding_weight}, but {config.name} is "
-                    "conditioned on the pooled prompt (no cross-attention to ground)"
-                )
             self.pool_groups = group_token_masks(
                 self.encoder.tokenizer,
                 [t for t, _ in self.pairs],

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from t2i_router.errors import InvalidRequest, RouterError
+from t2i_router.errors import ConfigError, InvalidRequest, MissingFileError
 
 __all__ = [
     "DEFAULT_CHOICES",
@@ -85,7 +85,8 @@ def choice_costs(
     """Each choice's cost from its engine's model card (``models/<engine>/model_card.json``).
 
     Raises:
-        RouterError: when an engine has no card or its card has no cost entry.
+        MissingFileError: when an engine has no card.
+        ConfigError: when its card has no cost entry.
     """
     out = {}
     for choice in choices:
@@ -93,11 +94,11 @@ def choice_costs(
         try:
             cost = json.loads(path.read_text())["cost"]
         except FileNotFoundError as e:
-            raise RouterError(
+            raise MissingFileError(
                 f"no model card at {path}: run `t2i-router engines card {choice.engine}`"
             ) from e
         except (KeyError, json.JSONDecodeError) as e:
-            raise RouterError(f"{path} has no readable 'cost' entry") from e
+            raise ConfigError(f"{path} has no readable 'cost' entry") from e
         per_step = cost["unet_flops_per_pass"] * cost["unet_passes_per_step"]
         seconds = cost["latency_s_per_image"]["batch_32"] * choice.steps / cost["default_steps"]
         out[choice.name] = ChoiceCost(

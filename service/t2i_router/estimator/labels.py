@@ -36,7 +36,13 @@ from typing import Literal
 
 import numpy as np
 
-from t2i_router.errors import InvalidRequest, RouterError
+from t2i_router.errors import (
+    ConfigError,
+    FailedPrecondition,
+    InternalError,
+    InvalidRequest,
+    MissingFileError,
+)
 from t2i_router.estimator.choices import DEFAULT_CHOICES, Choice
 from t2i_router.world import (
     ALIGNMENT_ASPECTS,
@@ -134,7 +140,7 @@ def split_prompts(
                 if len(fresh) == per_level:
                     break
             if pool > 64 * per_level + 10_000:
-                raise RouterError(
+                raise InternalError(
                     f"only {len(fresh)} {level} prompts for {split}, need {per_level}"
                 )
             pool *= 2
@@ -199,10 +205,12 @@ class Manifest:
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError as e:
-            raise RouterError(f"no label manifest at {path}: run `t2i-router label` first") from e
+            raise MissingFileError(
+                f"no label manifest at {path}: run `t2i-router label` first"
+            ) from e
         raw.pop("data_version", None)
         if raw.get("format_version") != FORMAT_VERSION:
-            raise RouterError(
+            raise ConfigError(
                 f"{path} has format_version {raw.get('format_version')}, this code reads "
                 f"{FORMAT_VERSION}"
             )
@@ -487,7 +495,7 @@ def load_labels(
         )
     if any(c is None for c in per_choice):
         empty = [c.name for c, t in zip(chosen, per_choice, strict=True) if t is None]
-        raise RouterError(f"{folder} has no parts yet for {empty}")
+        raise FailedPrecondition(f"{folder} has no parts yet for {empty}")
     common = set.intersection(*(set(t["prompt_id"].tolist()) for t in per_choice))
     ids = np.array(sorted(common), dtype=np.int64)
     s = manifest.seeds

@@ -5,8 +5,9 @@ model is ready, records it in a state file (``<run dir>/triton.json``) and print
 address; ``status`` and ``stop`` find it through that file. The run directory comes from
 ``--run-dir``, else ``$T2I_ROUTER_RUN_DIR``, else ``~/.cache/t2i-router/run``.
 
-Every failure is a `t2i_router.errors.RouterError` with a one-line message; the main CLI prints
-it and exits with status 2. Mount the commands with ``add_triton_parser(subparsers)``.
+Every failure is a `t2i_router.errors.RouterError`; the shared boundary
+(:func:`t2i_router.command.run_command`) prints its first line and exits with status 2. Mount the
+commands with ``add_triton_parser(subparsers)``.
 """
 
 from __future__ import annotations
@@ -18,20 +19,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from t2i_router.argtypes import port, positive_float
-from t2i_router.errors import (
-    InvalidRequest,
-    ModelError,
-    PortInUseError,
-    RouterError,
-    TritonStartError,
-    Unavailable,
-)
+from t2i_router.command import run_command
+from t2i_router.errors import InvalidRequest, TritonStartError, Unavailable
 from t2i_router.triton.client import ModelState, TritonClient
 from t2i_router.triton.server import (
     ManagedTritonServer,
@@ -109,12 +104,6 @@ def _write_state(path: Path, state: TritonState) -> None:
         raise TritonStartError(f"cannot write Triton state {path}: {e}") from e
 
 
-def _one_line(error: TritonStartError) -> TritonStartError:
-    if isinstance(error, PortInUseError):
-        return PortInUseError(error.port, error.summary)
-    return TritonStartError(error.summary)
-
-
 def cmd_triton_start(args: argparse.Namespace) -> None:
     """Starts a detached tritonserver and prints its gRPC address once it is ready."""
     run_dir = _run_dir(args)
@@ -138,11 +127,7 @@ def cmd_triton_start(args: argparse.Namespace) -> None:
         die_with_parent=False,  # it must outlive this command
     )
     server = ManagedTritonServer(config)
-    try:
-        server.start()
-    except TritonStartError as e:
-        log.debug("%s", e)
-        raise _one_line(e) from e
+    server.start()  # its errors quote Triton's log after the first line, which the CLI prints
     state = TritonState(
         pid=server.pid,
         start_ticks=process_start_ticks(server.pid) or 0,
@@ -223,7 +208,8 @@ def cmd_triton_build_repo(args: argparse.Namespace) -> None:
         try:
             ensure_onnx(Path(args.models_dir) / name)
         except WeightsNotFoundError as e:
-            raise TritonStartError(f"{e}; train it with `t2i-router engines train {name}`") from e
+            e.add_note(f"train it with `t2i-router engines train {name}`")
+            raise
     print(repo)
 
 
@@ -259,16 +245,18 @@ def cmd_triton_build_gpu_repo(args: argparse.Namespace) -> None:
     try:
         tensorrt.require_tensorrt()  # before minutes of ONNX export
     except tensorrt.TensorRTUnavailable as e:
-        raise Unavailable(
-            f"{e}; run `t2i-router triton build-gpu-repo` inside the NGC Triton container "
+        e.add_note(
+            f"run `t2i-router triton build-gpu-repo` inside the NGC Triton container "
             f'({NGC_TRITON_IMAGE}), see README "GPU deployment (TensorRT)"'
-        ) from e
+        )
+        raise
     onnx_paths = {}
     for name in ENGINE_NAMES:
         try:
             onnx_paths[name] = ensure_onnx(Path(args.models_dir) / name)
         except WeightsNotFoundError as e:
-            raise TritonStartError(f"{e}; train it with `t2i-router engines train {name}`") from e
+            e.add_note(f"train it with `t2i-router engines train {name}`")
+            raise
     stub = None if args.no_python_stub else _python_stub()
     repo = build_gpu_repository(
         args.out,
@@ -280,19 +268,16 @@ def cmd_triton_build_gpu_repo(args: argparse.Namespace) -> None:
     )
     rows = unet_max_batch_size(args.max_batch_size)
     for name in ENGINE_NAMES:
-        try:
-            # Tuned for full batches (what dynamic batching makes under load).
-            tensorrt.build_engine(
-                onnx_paths[name],
-                unet_plan_path(repo, name),
-                min_batch=1,
-                opt_batch=rows,
-                max_batch=rows,
-                fp16=not args.fp32,
-                workspace_gib=args.workspace_gib,
-            )
-        except tensorrt.TensorRTError as e:
-            raise ModelError(str(e).split("\n", 1)[0]) from e
+        # Tuned for full batches (what dynamic batching makes under load).
+        tensorrt.build_engine(
+            onnx_paths[name],
+            unet_plan_path(repo, name),
+            min_batch=1,
+            opt_batch=rows,
+            max_batch=rows,
+            fp16=not args.fp32,
+            workspace_gib=args.workspace_gib,
+        )
     print(repo)
 
 
@@ -300,7 +285,7 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
     """Adds ``triton start|status|stop`` to a CLI; each sets ``func`` to its command function.
 
     The command functions take the parsed ``argparse.Namespace`` and raise
-    `t2i_router.errors.RouterError` (one-line message) on failure.
+    `t2i_router.errors.RouterError` on failure; run them with `t2i_router.command.run_command`.
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -377,13 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    func: Callable[[argparse.Namespace], None] = args.func
-    try:
-        func(args)
-    except RouterError as e:
-        print(f"t2i-router: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from t2i_router.errors import MissingFileError
+
 TEMPLATE = Path(__file__).parent / "templates" / "engine_model.py"
 TEXT_ENCODER_TEMPLATE = Path(__file__).parent / "templates" / "text_encoder_model.py"
 TEXT_ENCODER_MODEL = "text_encoder"
@@ -191,14 +193,14 @@ def onnx_batched_io(onnx_path: str | Path) -> tuple[list[TensorSpec], list[Tenso
     """(inputs, outputs) of an ONNX graph whose first axis is the batch, in graph order.
 
     Raises:
-        FileNotFoundError: no graph at ``onnx_path``.
+        MissingFileError: no graph at ``onnx_path`` (a ``FileNotFoundError`` too).
         ValueError: a tensor has no batch axis or a type Triton's config cannot name.
     """
     import onnx
 
     onnx_path = Path(onnx_path)
     if not onnx_path.exists():
-        raise FileNotFoundError(f"no ONNX graph at {onnx_path}")
+        raise MissingFileError(f"no ONNX graph at {onnx_path}")
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {t.name for t in graph.initializer}
 

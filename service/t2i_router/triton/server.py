@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from t2i_router.errors import PortInUseError, TritonStartError, Unavailable
+from t2i_router.errors import ConfigError, PortInUseError, TritonStartError, Unavailable
 
 __all__ = [
     "ExternalTriton",
@@ -126,11 +126,11 @@ class TritonServerConfig:
         for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
-                raise ValueError(f"{name} is {port}, must be in 0..65535")
+                raise ConfigError(f"{name} is {port}, must be in 0..65535")
         if self.startup_timeout_s <= 0:
-            raise ValueError(f"startup_timeout_s is {self.startup_timeout_s}, must be > 0")
+            raise ConfigError(f"startup_timeout_s is {self.startup_timeout_s}, must be > 0")
         if self.stop_grace_s < 0:
-            raise ValueError(f"stop_grace_s is {self.stop_grace_s}, must be >= 0")
+            raise ConfigError(f"stop_grace_s is {self.stop_grace_s}, must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from functools import cache
 
 import numpy as np
 
+from t2i_router.errors import InternalError
 from t2i_router.world.spec import SceneSpec
 from t2i_router.world.vocab import PALETTE, Shape, Size
 
@@ -23,7 +24,7 @@ RELATION_MARGIN_PX = 3.0  # along-axis centroid offset minus across-axis offset,
 _MAX_ATTEMPTS = 400
 
 
-class RenderError(RuntimeError):
+class RenderError(InternalError, RuntimeError):
     """No layout satisfying the spec was found (a bug: every valid spec has one)."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from t2i_router.errors import InvalidRequest
 from t2i_router.world.vocab import (
     MAX_LARGE,
     MAX_OBJECTS,
@@ -21,7 +22,7 @@ from t2i_router.world.vocab import (
 )
 
 
-class PromptError(ValueError):
+class PromptError(InvalidRequest, ValueError):
     """A prompt is outside the world's vocabulary or breaks one of its rules.
 
     The message names the first offending word or the rule that was broken.
