@@ -210,7 +210,8 @@ SERVE_SCRIPT = textwrap.dedent(
 
 def test_serve_prints_its_port_answers_the_cli_clients_and_stops_on_sigterm(triton, tmp_path):
     # `serve` itself needs the trained estimator folder; this runs its serving loop with the
-    # tiny estimator against the module's Triton, then drives it with the CLI clients.
+    # tiny estimator against the module's Triton, then generates through the CLI client
+    # (the other clients are tested in tests/unit/test_router_cli.py).
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = [triton.grpc_url, str(Path(__file__).parent), str(ROOT / "models")]
     server = subprocess.Popen(
@@ -233,11 +234,6 @@ def test_serve_prints_its_port_answers_the_cli_clients_and_stops_on_sigterm(trit
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert Image.open(out).size == (32, 32) and '"engine"' in done.stdout
-        done = subprocess.run(
-            [*cli, "budget", "set", "--rate", "0.4", "--address", address],
-            capture_output=True, text=True, timeout=120, env=env,
-        )  # fmt: skip
-        assert done.returncode == 0 and '"target_rate": 0.4' in done.stdout, done.stderr
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
     finally:

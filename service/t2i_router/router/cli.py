@@ -83,7 +83,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     triton = None
     try:
         if config.triton_url is None:
-            triton = ManagedTritonServer(TritonServerConfig(model_repository=config.triton_repo))
+            triton = ManagedTritonServer(
+                TritonServerConfig(
+                    model_repository=config.triton_repo, startup_timeout_s=config.ready_timeout_s
+                )
+            )
             triton.start()
             url = triton.grpc_url
         else:
