@@ -88,3 +88,16 @@ async def test_triton_client_estimate_checks_its_prompts():
     async with TritonClient("127.0.0.1:1") as client:
         with pytest.raises(InvalidRequest, match="non-empty list"):
             await client.estimate("quality_estimator", [])
+
+
+def test_json_logs_are_one_object_per_line() -> None:
+    import logging
+
+    from t2i_router.router.cli import JsonLogFormatter
+
+    record = logging.LogRecord(
+        "t2i_router.x", logging.INFO, __file__, 1, "lambda=%.2f", (0.5,), None
+    )
+    entry = json.loads(JsonLogFormatter().format(record))
+    assert entry["message"] == "lambda=0.50" and entry["level"] == "INFO"
+    assert entry["logger"] == "t2i_router.x" and entry["ts"].endswith("Z")

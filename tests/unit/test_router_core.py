@@ -224,3 +224,23 @@ async def test_warm_start_sets_lambda_to_the_target_quantile_of_scores() -> None
     scores = make_policy().scores(TinyQualityModel().predict(PROMPTS))
     assert lam == pytest.approx(max(float(np.quantile(scores, 0.75)), 0.0))
     assert router.budget_snapshot().warm_started
+
+
+async def test_an_estimator_failure_fails_auto_prompts_but_not_forced_ones() -> None:
+    model = TinyQualityModel()
+
+    def fail(prompts):
+        raise RuntimeError("estimator crashed")
+
+    model.predict = fail  # type: ignore[method-assign]
+    router = make_router(model, max_batch_size=8, max_delay_s=0.05)
+    try:
+        auto, edge = await asyncio.gather(
+            router.route(PROMPTS[:2], dry_run=True),
+            router.route(PROMPTS[2:4], target="edge", dry_run=True),
+            return_exceptions=True,
+        )
+    finally:
+        await router.close()
+    assert isinstance(auto, ModelError) and "estimator crashed" in str(auto)
+    assert [d.choice.name for d in edge] == ["edge_small@8", "edge_small@8"]

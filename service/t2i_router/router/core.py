@@ -284,36 +284,56 @@ class Router:
         )
         return images[0]
 
-    async def _decide_batch(self, items: list[_Queued]) -> list[RouteDecision]:
+    async def _decide_batch(self, items: list[_Queued]) -> list[RouteDecision | RouterError]:
         start_s = time.perf_counter()
         auto = [i for i, it in enumerate(items) if it.target == "auto"]
         forced = [i for i, it in enumerate(items) if it.target != "auto"]
+        out: list[RouteDecision | RouterError | None] = [None] * len(items)
         q = None
         if auto:
-            q = await self.estimator.predict([items[i].prompt for i in auto])  # (A, M, K)
+            try:
+                q = await self.estimator.predict([items[i].prompt for i in auto])  # (A, M, K)
+            except RouterError as e:  # fails the AUTO prompts; forced ones need no estimate
+                log.warning("the estimator failed on %d prompts: %s", len(auto), e)
+                for i in auto:
+                    out[i] = e
         estimated_s = time.perf_counter()
         lam = self.budget.multiplier
-        out: list[RouteDecision | None] = [None] * len(items)
-        if auto:
+        if q is not None:
             decisions = self.policy.decide(q, lam, "auto")
             self.budget.record_scores(decisions.scores)
             for row, i in enumerate(auto):
-                out[i] = self._decision(decisions, row, q[row])  # type: ignore[index]
+                out[i] = self._decision(decisions, row, q[row])
         if forced:
             decisions = self.policy.decide(None, lam, [items[i].target for i in forced])
             for row, i in enumerate(forced):
                 out[i] = self._decision(decisions, row, None)
         decided_s = time.perf_counter()
-        final: list[RouteDecision] = []
+        final: list[RouteDecision | RouterError] = []
         for it, d in zip(items, out):
             assert d is not None
+            if isinstance(d, RouterError):
+                final.append(d)
+                continue
             timings = Timings(
                 queue_ms=(start_s - it.enqueued_s) * 1e3,
                 estimate_ms=(estimated_s - start_s) * 1e3,
                 decide_ms=(decided_s - estimated_s) * 1e3,
             )
-            final.append(replace(d, counted=it.count_now and d.counted, timings=timings))
-        now = [(d, it) for d, it in zip(final, items) if it.count_now]
+            d = replace(d, counted=it.count_now and d.counted, timings=timings)
+            log.debug(
+                "routed %r -> %s score=%.4g lambda=%.4g forced=%s fallback=%s",
+                it.prompt[:60],
+                d.choice.name,
+                d.score,
+                d.multiplier,
+                d.forced,
+                d.fallback,
+            )
+            final.append(d)
+        now = [
+            (d, it) for d, it in zip(final, items) if it.count_now and isinstance(d, RouteDecision)
+        ]
         if now:
             self.budget.observe(
                 [d.choice.engine == self.cloud_default.engine for d, _ in now],
