@@ -244,3 +244,16 @@ async def test_an_estimator_failure_fails_auto_prompts_but_not_forced_ones() -> 
         await router.close()
     assert isinstance(auto, ModelError) and "estimator crashed" in str(auto)
     assert [d.choice.name for d in edge] == ["edge_small@8", "edge_small@8"]
+
+
+def test_the_core_and_the_estimator_seam_import_neither_grpc_nor_tritonclient() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import t2i_router.router.core, t2i_router.router.types, "
+        "t2i_router.router.estimator, t2i_router.router.metrics; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'tritonclient')); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
