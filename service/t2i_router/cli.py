@@ -24,6 +24,7 @@ from t2i_router.command import run_command
 from t2i_router.errors import InvalidRequest
 from t2i_router.estimator.cli import add_estimator_parser, add_label_parser
 from t2i_router.imageio import load_png, save_png
+from t2i_router.router.cli import add_router_parser
 from t2i_router.triton.cli import add_triton_parser
 from t2i_router.world import (
     ASPECTS,
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_triton_parser(sub)
     add_label_parser(sub)
     add_estimator_parser(sub)
+    add_router_parser(sub)
 
     world = sub.add_parser("world", help="the miniature world: prompts and ground-truth renders")
     wsub = world.add_subparsers(dest="world_command", required=True)

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from t2i_router.engines.text_encoder import EMBED_DIM, MAX_TOKENS
-from t2i_router.errors import InvalidRequest, Unavailable
+from t2i_router.errors import InvalidRequest
+from t2i_router.estimator import EstimatorNotFoundError
 from t2i_router.estimator.choices import DEFAULT_CHOICES
 from t2i_router.world import ASPECTS
 
@@ -44,10 +45,6 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class EstimatorNotFoundError(Unavailable):
-    """A quality-estimator folder is missing or holds no model."""
 
 
 @dataclass(frozen=True)

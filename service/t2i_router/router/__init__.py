@@ -1,10 +1,14 @@
-"""The router's core: routing policy, budget control and micro-batching (no grpc, no Triton).
+"""The router: routing policy, budget control, micro-batching, the core, and its gRPC edge.
 
+Pure core (imports neither grpc nor tritonclient, tested without servers):
 - `policy`: predicted quality Q (N, M, K) -> utilities, the routing score, and the decision
   argmax_m u_m - lambda * c_m / c_scale over M choices (score and decision kept apart).
 - `budget`: the BudgetController that moves lambda to hold a target cloud rate or average cost.
 - `batching`: an asyncio MicroBatcher that gathers requests into one call of a batch function.
+- `estimator`: the `Estimator` seam (in-process adapter, Triton adapter over a duck-typed client).
+- `core` and `types`: the `Router` (estimate -> decide -> count -> generate) and its data types.
+- `metrics`: Prometheus metrics in a registry of their own.
 
-The gRPC servicer, Triton clients and the `serve` command build on these; this package imports
-neither grpc nor tritonclient, so it is tested without servers.
+Edges: `servicer` (the grpc.aio servicer, converting messages only), `server` (config, assembly,
+health, reflection, shutdown) and `cli` (``t2i-router serve | generate | route | budget``).
 """

@@ -225,6 +225,42 @@ class TritonClient:
             raise ModelError(f"{context}: IMAGE has shape {image.shape}, expected 3 channels")
         return image
 
+    async def estimate(
+        self, model: str, prompts: Sequence[str], timeout_s: float | None = None
+    ) -> np.ndarray:
+        """Predicted quality from an estimator model (PROMPT BYTES [B, 1] -> Q FP32 [B, M, K]).
+
+        Args:
+            model: The estimator's model name (``quality_estimator``).
+            prompts: B prompts.
+            timeout_s: Deadline for the call; None waits indefinitely.
+
+        Returns:
+            Q, (B, M, K) float32.
+
+        Raises:
+            InvalidRequest, Unavailable, DeadlineExceeded, ResourceExhausted: as `generate`.
+            ModelError: The model failed, or Q is not a (B, M, K) array.
+        """
+        if isinstance(prompts, str) or not prompts:
+            raise InvalidRequest(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        column = np.array([[p.encode("utf-8")] for p in prompts], dtype=np.object_)
+        context = f"{model} at {self.grpc_url}"
+        try:
+            result = await self._client.infer(
+                model,
+                [_column("PROMPT", column, "BYTES")],
+                outputs=[grpcclient.InferRequestedOutput("Q")],
+                client_timeout=timeout_s,
+            )
+            q = result.as_numpy("Q")
+        except InferenceServerException as e:
+            raise translate_error(e, context) from e
+        if q is None or q.ndim != 3 or q.shape[0] != len(prompts):
+            got = "nothing" if q is None else f"{q.dtype} {q.shape}"
+            raise ModelError(f"{context}: Q is {got}, expected ({len(prompts)}, M, K)")
+        return q
+
     @staticmethod
     def _engine_inputs(
         prompts: Sequence[str],

@@ -1,0 +1,269 @@
+"""``t2i-router serve | generate | route | budget``: the router and its command-line clients.
+
+``serve`` loads the trained estimator (``--estimator``, default models/quality_estimator; it
+stops with a one-line error naming the folder when there is none), starts the managed Triton on
+``triton_repo/`` (or checks ``--triton-url``), serves gRPC and prints ``serving on HOST:PORT``
+once health is SERVING. SIGTERM or SIGINT stops it gracefully and stops the managed Triton, so
+no process is left behind. Settings: defaults, then ``T2I_ROUTER_<FIELD>`` (see
+`RouterConfig`), then flags.
+
+The clients call a running router through the stubs generated from the proto (``--address``,
+default ``$T2I_ROUTER_ADDRESS`` or 127.0.0.1:50051) and print JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from t2i_router.argtypes import non_negative_float, port, positive_float, unit_interval
+from t2i_router.errors import RouterError, Unavailable
+
+__all__ = ["JsonLogFormatter", "add_router_parser"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+_TARGETS = {"auto": 1, "edge": 2, "cloud": 3}
+
+
+class RpcFailed(RouterError):
+    """A call to the router failed; the message names the status code."""
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+# ----- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from t2i_router.router.estimator import load_estimator
+    from t2i_router.router.server import RouterConfig
+    from t2i_router.triton import ManagedTritonServer, TritonServerConfig, connect
+
+    if args.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLogFormatter())
+    config = RouterConfig.from_env(
+        host=args.host,
+        port=args.port,
+        triton_url=args.triton_url,
+        triton_repo=args.triton_repo,
+        state_dir=args.state_dir,
+        metrics_port=args.metrics_port,
+        estimator_dir=args.estimator,
+        target_rate=args.target_rate,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)  # until the event loop takes over
+    estimator = load_estimator(config.estimator_dir)
+    triton = None
+    try:
+        if config.triton_url is None:
+            triton = ManagedTritonServer(
+                TritonServerConfig(
+                    model_repository=config.triton_repo, startup_timeout_s=config.ready_timeout_s
+                )
+            )
+            triton.start()
+            url = triton.grpc_url
+        else:
+            url = connect(config.triton_url).grpc_url
+        asyncio.run(_serve(config, estimator, url))
+    finally:
+        if triton is not None:
+            triton.stop()
+        estimator.close()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+async def _serve(config: Any, estimator: Any, triton_url: str) -> None:
+    from t2i_router.router.metrics import RouterMetrics
+    from t2i_router.router.server import RouterService, build_router
+    from t2i_router.triton import TritonClient
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with TritonClient(triton_url) as client:
+        metrics = RouterMetrics()
+        router = build_router(config, estimator, client, metrics)
+        service = RouterService(config, router, metrics)
+        try:
+            port_ = await service.start()
+            serving = asyncio.ensure_future(service.wait_serving(config.ready_timeout_s))
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not stop.is_set():
+                if not serving.result():
+                    raise Unavailable(
+                        f"not SERVING after {config.ready_timeout_s:g} s: the estimator or "
+                        f"the edge engine at {triton_url} is not ready"
+                    )
+                print(f"serving on {config.host}:{port_}", flush=True)
+                await stop.wait()
+            serving.cancel()
+            stopping.cancel()
+            log.info("stopping: draining in-flight calls for up to %g s", config.grace_s)
+        finally:
+            await service.stop()
+
+
+# ----- clients
+
+
+def _stub(address: str) -> tuple[grpc.Channel, Any]:
+    from t2i_router_client import router_pb2_grpc
+
+    channel = grpc.insecure_channel(address)
+    return channel, router_pb2_grpc.RouterStub(channel)
+
+
+def _call(args: argparse.Namespace, rpc: str, request: Any) -> Any:
+    channel, stub = _stub(args.address)
+    try:
+        return getattr(stub, rpc)(request, timeout=args.timeout_s)
+    except grpc.RpcError as e:
+        raise RpcFailed(f"{rpc} at {args.address}: {e.code().name}: {e.details()}") from None
+    finally:
+        channel.close()
+
+
+def _json(message: Any) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from t2i_router_client import router_pb2
+
+    request = router_pb2.GenerateRequest(
+        prompt=args.prompt, seed=args.seed, target=_TARGETS[args.target]
+    )
+    if args.steps is not None:
+        request.steps = args.steps
+    if args.guidance is not None:
+        request.guidance = args.guidance
+    reply = _call(args, "Generate", request)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(reply.png)
+    decision = _json(reply.decision)
+    decision.pop("evaluations", None)
+    print(json.dumps({"output": str(out), "decision": decision}))
+
+
+def cmd_route(args: argparse.Namespace) -> None:
+    from t2i_router_client import router_pb2
+
+    try:
+        lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise RpcFailed(f"cannot read prompts file {args.prompts_file}: {e.strerror or e}") from e
+    prompts = [line.strip() for line in lines if line.strip()]
+    request = router_pb2.RouteRequest(
+        prompts=prompts, dry_run=args.dry_run, target=_TARGETS[args.target]
+    )
+    reply = _call(args, "Route", request)
+    for prompt, decision in zip(prompts, reply.decisions):
+        d = _json(decision)
+        keep = ("index", "choice", "engine", "steps", "score", "multiplier", "counted", "fallback")
+        print(json.dumps({"prompt": prompt, **{k: d.get(k) for k in keep}}))
+
+
+def cmd_budget(args: argparse.Namespace) -> None:
+    from t2i_router_client import router_pb2
+
+    if args.budget_command == "get":
+        print(json.dumps(_json(_call(args, "GetBudget", router_pb2.GetBudgetRequest()))))
+        return
+    changes = {
+        "target_rate": args.rate,
+        "target_cost": args.cost,
+        "eta": args.eta,
+        "lambda_max": args.lambda_max,
+        "multiplier": args.multiplier,
+    }
+    given = {k: v for k, v in changes.items() if v is not None}
+    if not given:
+        raise RpcFailed("budget set needs at least one of --rate, --cost, --eta, ...")
+    reply = _call(args, "SetBudget", router_pb2.SetBudgetRequest(**given))
+    print(json.dumps(_json(reply.budget)))
+
+
+# ----- parser
+
+
+def add_router_parser(sub: argparse._SubParsersAction) -> None:
+    """Adds ``serve``, ``generate``, ``route`` and ``budget`` to the ``t2i-router`` command."""
+    p = sub.add_parser("serve", help="serve the router over gRPC (starts Triton unless given)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=port, help="gRPC port (default 50051; 0 picks a free one)")
+    p.add_argument("--triton-url", help="host:port of a running Triton (default: start one)")
+    p.add_argument("--triton-repo", type=Path, help="repository of the managed Triton")
+    p.add_argument("--state-dir", type=Path, help="where the budget state is kept")
+    p.add_argument("--metrics-port", type=port, help="Prometheus port on loopback (0: free)")
+    p.add_argument("--estimator", type=Path, help="estimator folder (models/quality_estimator)")
+    p.add_argument("--target-rate", type=unit_interval, help="initial target cloud rate")
+    p.add_argument("--log-format", choices=("json", "text"), default="json", help="(json)")
+    p.set_defaults(func=cmd_serve)
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=help_text)
+        q.add_argument(
+            "--address",
+            default=os.environ.get("T2I_ROUTER_ADDRESS", DEFAULT_ADDRESS),
+            help="router host:port (default $T2I_ROUTER_ADDRESS or 127.0.0.1:50051)",
+        )
+        q.add_argument("--timeout-s", type=positive_float, default=60.0, help="deadline (60)")
+        return q
+
+    p = client("generate", "generate one image through the router")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.add_argument("--target", choices=tuple(_TARGETS), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="sampler steps (default: the choice's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the engine's)")
+    p.set_defaults(func=cmd_generate)
+
+    p = client("route", "route prompts (one per line) without generating")
+    p.add_argument("--prompts-file", required=True)
+    p.add_argument("--dry-run", action="store_true", help="do not count toward the budget")
+    p.add_argument("--target", choices=tuple(_TARGETS), default="auto")
+    p.set_defaults(func=cmd_route)
+
+    p = client("budget", "read or change the router's budget")
+    p.add_argument("budget_command", choices=("get", "set"))
+    p.add_argument("--rate", type=unit_interval, help="target cloud rate in [0, 1]")
+    p.add_argument("--cost", type=non_negative_float, help="target average cost")
+    p.add_argument("--eta", type=positive_float, help="step size")
+    p.add_argument("--lambda-max", type=positive_float, help="upper clip of lambda")
+    p.add_argument("--multiplier", type=non_negative_float, help="set lambda now")
+    p.set_defaults(func=cmd_budget)
