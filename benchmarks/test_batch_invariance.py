@@ -24,5 +24,5 @@ def test_batch_invariance_tiny_engine(tmp_path: Path) -> None:
     assert [r["sampler"] for r in rows] == ["ddim", "unipc"]
     for r in rows:
         assert r["values"] == saved["n_prompts"] * 32 * 32 * 3
-        assert r["max_difference"] <= 1 and r["share_differing"] < 1e-3
+        assert r["within_claim"], r  # t2i_router.engines.invariance: <= 1 level on <= 0.1%
         assert 0.0 <= r["unet_max_abs_difference"] < 1e-4

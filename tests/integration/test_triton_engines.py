@@ -15,6 +15,7 @@ import torch
 
 from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, save_engine
 from t2i_router.engines.export import OnnxDenoiser
+from t2i_router.engines.invariance import assert_same_images
 from t2i_router.engines.serving import ensure_onnx
 from t2i_router.engines.unet import TINY_ENGINE_UNETS
 from t2i_router.errors import InvalidRequest
@@ -83,10 +84,10 @@ async def test_triton_images_match_in_process_engine(engines_triton, in_process,
                 for p, s, st in zip(prompts[6:], seeds[6:], steps[6:])
             )
         )
-    got = np.concatenate([first, *rest]).astype(int)
-    ref = in_process[model].generate(prompts, seeds, steps).astype(int)
+    got = np.concatenate([first, *rest])
     assert got.shape == (12, 32, 32, 3)
-    assert np.mean(np.abs(got - ref) <= 1) >= 0.99
+    # Triton batches them its own way, on one thread: the same images up to batching
+    assert_same_images(got, in_process[model].generate(prompts, seeds, steps))
 
 
 async def test_concurrent_requests_share_executions(engines_triton):
@@ -130,4 +131,5 @@ async def test_bls_text_encoder_gives_the_same_images(engines_triton):
         bls = await client.generate("edge_small_bls", prompts, seeds)
         with pytest.raises(InvalidRequest, match="PROMPT is empty"):
             await client.generate("edge_small_bls", [""], [0])
-    assert np.mean(np.abs(inline.astype(int) - bls.astype(int)) <= 1) >= 0.99
+    # the same encoder, batched by another model: the same images up to batching
+    assert_same_images(bls, inline)

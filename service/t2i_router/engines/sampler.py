@@ -3,7 +3,8 @@
 Each image depends only on its prompt, seed, steps and guidance: the starting noise comes from
 a generator seeded per image, the samplers (DDIM with eta = 0, DPM-Solver++ 2M, UniPC) add no
 further noise and act on each image alone, and requests with other step counts are sampled in
-their own loops. The denoiser is any callable with the
+their own loops; only float rounding in the denoiser's kernels depends on the batch
+(docs/engines.md, "Batch invariance"). The denoiser is any callable with the
 :class:`~t2i_router.engines.unet.Denoiser` signature, so torch and ONNX Runtime share this code.
 """
 

@@ -55,7 +55,8 @@ class TextEncoderConfig:
 
 
 class TextEncoder:
-    """Encode prompts to token embeddings and masks; deterministic and batch-invariant."""
+    """Encode prompts to token embeddings and masks; deterministic, and batch-invariant up to
+    float rounding (a CPU GEMM may round a row otherwise with the batch's size)."""
 
     def __init__(self, config: TextEncoderConfig | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer

@@ -107,7 +107,8 @@ def add_position_channels(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     """A state dict of a UNet without position channels, for the same UNet with them.
 
     The input convolution gets zero weights for the two coordinate channels, so the denoiser
-    computes exactly what it did; training then learns to use them. Used to upgrade a trained
+    computes the same function (to float rounding: the wider convolution may run another kernel
+    that sums in another order); training then learns to use them. Used to upgrade a trained
     checkpoint (:meth:`~t2i_router.engines.training.Trainer.load_checkpoint`).
     """
     return {**state, CONV_IN_WEIGHT: pad_position_inputs(state[CONV_IN_WEIGHT])}
