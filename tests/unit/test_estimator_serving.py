@@ -112,3 +112,13 @@ def test_serving_config_from_parameters(tmp_path):
         EstimatorServingConfig.from_parameters({}, tmp_path)
     with pytest.raises(InvalidRequest, match="not integers"):
         EstimatorServingConfig.from_parameters({"model_dir": "m", "threads": "two"}, tmp_path)
+
+
+def test_contextual_features_fall_back_to_torch_minilm_and_match(tmp_path):
+    torch.manual_seed(1)
+    config = EstimatorConfig(features="contextual", top_k=3, rank=2, hidden=4)
+    folder = TokenSelectionMoE(config).eval().save_pretrained(tmp_path / "ctx")
+    server = EstimatorServer.load(folder, threads=1)
+    ref = QualityEstimator.load(folder, features=server.features).predict(PROMPTS[:3])
+    np.testing.assert_allclose(server.predict(PROMPTS[:3]), ref, atol=1e-4)
+    assert server.features.kind == "contextual"
