@@ -93,15 +93,27 @@ def test_main_prints_one_line_and_exits_2(
 
 def test_committed_triton_repo_is_the_builders_output(tmp_path, monkeypatch):
     """triton_repo/ is generated; regenerate and compare so the two cannot drift."""
+    import shutil
     from pathlib import Path
 
-    from t2i_router.triton.repository import ENGINE_NAMES, build_repository
+    from t2i_router.triton.repository import build_repository
 
     root = Path(__file__).resolve().parents[2]
-    # Same relative layout as the checkout: triton_repo/ next to models/.
+    # Same relative layout as the checkout: triton_repo/ next to models/, with the files the
+    # builder reads (the estimator's config, the engines' cards for its costs).
     monkeypatch.chdir(tmp_path)
-    build_repository("triton_repo", "models")
-    for name in ENGINE_NAMES:
-        for rel in ("config.pbtxt", "1/model.py"):
-            committed = (root / "triton_repo" / name / rel).read_text()
-            assert committed == (tmp_path / "triton_repo" / name / rel).read_text(), rel
+    for path in (root / "models").glob("*/*.json"):
+        target = tmp_path / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    has_estimator = (root / "models" / "quality_estimator" / "config.json").is_file()
+    estimator_dir = "models/quality_estimator" if has_estimator else None
+    build_repository("triton_repo", "models", estimator_dir=estimator_dir)
+
+    def files(repo: Path) -> dict[str, str]:
+        return {str(p.relative_to(repo)): p.read_text() for p in repo.rglob("*") if p.is_file()}
+
+    built, committed = files(tmp_path / "triton_repo"), files(root / "triton_repo")
+    assert sorted(committed) == sorted(built)
+    for rel, text in built.items():
+        assert committed[rel] == text, rel

@@ -203,7 +203,25 @@ def cmd_triton_build_repo(args: argparse.Namespace) -> None:
             max_queue_delay_us=args.max_queue_delay_us or EngineModelSettings.max_queue_delay_us,
             text_encoder=args.text_encoder,
         )
-    repo = build_repository(args.out, args.models_dir, ENGINE_NAMES, settings)
+    estimator = Path(args.estimator or Path(args.models_dir) / "quality_estimator")
+    has_estimator = (estimator / "config.json").is_file()
+    if has_estimator:
+        from t2i_router.estimator.serving import ensure_onnx as ensure_estimator_onnx
+
+        ensure_estimator_onnx(estimator)
+    else:
+        print(
+            f"skipped quality_estimator: no estimator at {estimator} (train one with "
+            "`t2i-router estimator train`, or name it with --estimator DIR)",
+            file=sys.stderr,
+        )
+    repo = build_repository(
+        args.out,
+        args.models_dir,
+        ENGINE_NAMES,
+        settings,
+        estimator_dir=estimator if has_estimator else None,
+    )
     for name in ENGINE_NAMES:
         try:
             ensure_onnx(Path(args.models_dir) / name)
@@ -310,7 +328,9 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
     p.set_defaults(func=cmd_triton_start)
 
-    p = tsub.add_parser("build-repo", help="write triton_repo/ for the engines, export ONNX")
+    p = tsub.add_parser(
+        "build-repo", help="write triton_repo/ for the engines (+ the estimator), export ONNX"
+    )
     p.add_argument("--out", default="triton_repo", help="default: triton_repo")
     p.add_argument("--models-dir", default="models", help="default: models")
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -322,6 +342,12 @@ def add_triton_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
         choices=("inline", "bls"),
         default="inline",
         help="inline: each engine holds MiniLM; bls: one shared text_encoder model",
+    )
+    p.add_argument(
+        "--estimator",
+        metavar="DIR",
+        help="quality estimator folder served as quality_estimator when it holds a model "
+        "(default: MODELS_DIR/quality_estimator)",
     )
     p.set_defaults(func=cmd_triton_build_repo)
 
