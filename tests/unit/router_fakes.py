@@ -66,20 +66,25 @@ class FakeEngines:
         self.fail_prompts: dict[str, RouterError] = {}  # prompt -> error raised
         self.ready = {"edge_small": True, "cloud_large": True}
         self.delay_s = 0.0
+        self.cancelled = 0  # calls cancelled while they slept (deadline or caller gone)
 
     async def generate(self, model, prompts, seeds, steps=None, guidance=None, timeout_s=None):
         self.calls.append(
-            dict(model=model, prompts=list(prompts), steps=steps, guidance=guidance,
-                 timeout_s=timeout_s)
+            dict(model=model, prompts=list(prompts), seeds=list(seeds), steps=steps,
+                 guidance=guidance, timeout_s=timeout_s)
         )  # fmt: skip
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            try:
+                await asyncio.sleep(self.delay_s)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         if model in self.errors:
             raise self.errors[model]
         for p in prompts:
             if p in self.fail_prompts:
                 raise self.fail_prompts[p]
-        rng = np.random.default_rng(int(seeds[0]))
+        rng = np.random.default_rng(int(seeds[0]) & 0xFFFF_FFFF_FFFF_FFFF)  # as the engines
         return rng.integers(0, 256, (len(prompts), 32, 32, 3), dtype=np.uint8)
 
     async def is_model_ready(self, model, timeout_s=None):

@@ -7,8 +7,15 @@ once health is SERVING. SIGTERM or SIGINT stops it gracefully and stops the mana
 no process is left behind. Settings: defaults, then ``T2I_ROUTER_<FIELD>`` (see
 `RouterConfig`), then flags.
 
+Security (docs/operations.md): ``serve`` binds loopback unless ``--host`` says otherwise, and a
+non-loopback host needs TLS (``--tls-cert``, ``--tls-key``; ``--tls-client-ca`` requires client
+certificates) or ``--insecure``. Bearer tokens come from ``--token-file`` /
+``$T2I_ROUTER_TOKEN`` (generation) and ``--admin-token-file`` / ``$T2I_ROUTER_ADMIN_TOKEN``.
+
 The clients call a running router through the stubs generated from the proto (``--address``,
-default ``$T2I_ROUTER_ADDRESS`` or 127.0.0.1:50051) and print JSON.
+default ``$T2I_ROUTER_ADDRESS`` or 127.0.0.1:50051) and print JSON. They send the token of
+``--token-file`` or ``$T2I_ROUTER_TOKEN`` (``budget set``: ``$T2I_ROUTER_ADMIN_TOKEN`` first)
+and speak TLS when given ``--tls-ca`` (and ``--tls-cert``/``--tls-key`` for mTLS).
 """
 
 from __future__ import annotations
@@ -26,7 +33,13 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from t2i_router.argtypes import non_negative_float, port, positive_float, unit_interval
+from t2i_router.argtypes import (
+    non_negative_float,
+    port,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 from t2i_router.errors import RouterError, Unavailable
 
 __all__ = ["JsonLogFormatter", "add_router_parser"]
@@ -71,6 +84,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = RouterConfig.from_env(
         host=args.host,
         port=args.port,
+        insecure=args.insecure or None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        token_file=args.token_file,
+        admin_token_file=args.admin_token_file,
+        max_queue=args.max_queue,
+        max_message_bytes=args.max_message_bytes,
+        limits={"max_concurrent_per_client": args.max_concurrent_per_client},
         triton_url=args.triton_url,
         triton_repo=args.triton_repo,
         state_dir=args.state_dir,
@@ -78,6 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         estimator_dir=args.estimator,
         target_rate=args.target_rate,
     )
+    config.tokens()  # a missing or empty token file stops here, before Triton starts
     signal.signal(signal.SIGTERM, _interrupt)  # until the event loop takes over
     estimator = load_estimator(config.estimator_dir)
     triton = None
@@ -139,17 +162,33 @@ async def _serve(config: Any, estimator: Any, triton_url: str) -> None:
 # ----- clients
 
 
-def _stub(address: str) -> tuple[grpc.Channel, Any]:
+def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, Any]:
+    from t2i_router.router.security import channel_credentials
     from t2i_router_client import router_pb2_grpc
 
-    channel = grpc.insecure_channel(address)
+    if args.tls_ca is None and args.tls_cert is None:
+        channel = grpc.insecure_channel(args.address)
+    else:
+        credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        channel = grpc.secure_channel(args.address, credentials)
     return channel, router_pb2_grpc.RouterStub(channel)
 
 
+def _token(args: argparse.Namespace, admin: bool) -> str | None:
+    from t2i_router.router.security import read_token
+
+    if args.token_file is not None:
+        return read_token(args.token_file)
+    names = ("T2I_ROUTER_ADMIN_TOKEN", "T2I_ROUTER_TOKEN") if admin else ("T2I_ROUTER_TOKEN",)
+    return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+
 def _call(args: argparse.Namespace, rpc: str, request: Any) -> Any:
-    channel, stub = _stub(args.address)
+    token = _token(args, admin=rpc == "SetBudget")
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    channel, stub = _stub(args)
     try:
-        return getattr(stub, rpc)(request, timeout=args.timeout_s)
+        return getattr(stub, rpc)(request, timeout=args.timeout_s, metadata=metadata)
     except grpc.RpcError as e:
         raise RpcFailed(f"{rpc} at {args.address}: {e.code().name}: {e.details()}") from None
     finally:
@@ -223,8 +262,34 @@ def cmd_budget(args: argparse.Namespace) -> None:
 def add_router_parser(sub: argparse._SubParsersAction) -> None:
     """Adds ``serve``, ``generate``, ``route`` and ``budget`` to the ``t2i-router`` command."""
     p = sub.add_parser("serve", help="serve the router over gRPC (starts Triton unless given)")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--host", help="address to bind (default 127.0.0.1; others need TLS or --insecure)"
+    )
     p.add_argument("--port", type=port, help="gRPC port (default 50051; 0 picks a free one)")
+    p.add_argument(
+        "--insecure", action="store_true", help="allow plaintext on a non-loopback --host"
+    )
+    p.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM); serves TLS")
+    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    p.add_argument(
+        "--tls-client-ca", type=Path, help="CA (PEM) for client certificates; requires them"
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="generation token (Generate, GenerateBatch, Route, GetBudget); "
+        "default $T2I_ROUTER_TOKEN; none: no token needed",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="admin token (all rpcs, SetBudget included); default $T2I_ROUTER_ADMIN_TOKEN",
+    )
+    p.add_argument("--max-queue", type=positive_int, help="most prompts queued (1024)")
+    p.add_argument(
+        "--max-concurrent-per-client", type=positive_int, help="calls in flight per client (16)"
+    )
+    p.add_argument("--max-message-bytes", type=positive_int, help="largest gRPC message (4194304)")
     p.add_argument("--triton-url", help="host:port of a running Triton (default: start one)")
     p.add_argument("--triton-repo", type=Path, help="repository of the managed Triton")
     p.add_argument("--state-dir", type=Path, help="where the budget state is kept")
@@ -242,6 +307,15 @@ def add_router_parser(sub: argparse._SubParsersAction) -> None:
             help="router host:port (default $T2I_ROUTER_ADDRESS or 127.0.0.1:50051)",
         )
         q.add_argument("--timeout-s", type=positive_float, default=60.0, help="deadline (60)")
+        q.add_argument(
+            "--token-file",
+            type=Path,
+            help="bearer token to send (default $T2I_ROUTER_TOKEN; budget set: "
+            "$T2I_ROUTER_ADMIN_TOKEN first)",
+        )
+        q.add_argument("--tls-ca", type=Path, help="CA (PEM) to verify the router; speaks TLS")
+        q.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mTLS")
+        q.add_argument("--tls-key", type=Path, help="client private key (PEM) for mTLS")
         return q
 
     p = client("generate", "generate one image through the router")

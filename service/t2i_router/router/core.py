@@ -23,7 +23,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -71,6 +71,8 @@ class Router:
         batcher: Micro-batching of estimator calls.
         limits: Request limits.
         metrics: Receives stage times and batch sizes; None reports nothing.
+        count_tokens: Counts a prompt's tokens for ``limits.max_prompt_tokens``
+            (`router.tokens.MiniLMTokenCounter`); None skips the token limit.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Router:
         batcher: BatcherConfig | None = None,
         limits: Limits | None = None,
         metrics: RouterMetricsSink | None = None,
+        count_tokens: Callable[[str], int] | None = None,
     ) -> None:
         names = tuple(c.name for c in policy.config.choices)
         if tuple(estimator.choices) != names:
@@ -97,6 +100,7 @@ class Router:
         self.engines = engines
         self.limits = limits or Limits()
         self.metrics = metrics
+        self.count_tokens = count_tokens
         on_batch = metrics.batch if metrics is not None else None
         self.batcher: MicroBatcher[_Queued, RouteDecision] = MicroBatcher(
             self._decide_batch, batcher, on_batch=on_batch
@@ -167,7 +171,7 @@ class Router:
         """Decides the choice for each prompt without generating; counts unless ``dry_run``."""
         self.limits.check_count(len(prompts))
         for prompt in prompts:
-            self.limits.check_prompt(prompt)
+            self.limits.check_prompt(prompt, self.count_tokens)
         if target not in ("auto", "edge", "cloud"):
             raise InvalidRequest(f"target is {target!r}, expected auto, edge or cloud")
         deadline_s = _deadline(timeout_s)
@@ -178,7 +182,7 @@ class Router:
 
     async def generate(self, item: GenerateItem, timeout_s: float | None = None) -> GenerateResult:
         """Routes one prompt and generates its image on the chosen engine."""
-        item.check(self.limits)
+        item.check(self.limits, self.count_tokens)
         start_s = time.perf_counter()
         deadline_s = _deadline(timeout_s)
         decision = await self._decide(item.prompt, item.target, deadline_s, count_now=False)
@@ -274,7 +278,7 @@ class Router:
         remaining_s = None if deadline_s is None else deadline_s - time.monotonic()
         if remaining_s is not None and remaining_s <= 0:
             raise DeadlineExceeded(f"the deadline passed before {engine} was called")
-        images = await self.engines.generate(
+        call = self.engines.generate(
             engine,
             [item.prompt],
             [item.seed],
@@ -282,6 +286,12 @@ class Router:
             guidance=item.guidance,
             timeout_s=remaining_s,
         )
+        # The engine client is told the deadline too; wait_for makes sure the call is
+        # cancelled here when it passes, whatever the client does with it.
+        try:
+            images = await asyncio.wait_for(call, remaining_s)
+        except TimeoutError as e:
+            raise DeadlineExceeded(f"the deadline passed while {engine} was generating") from e
         return images[0]
 
     async def _decide_batch(self, items: list[_Queued]) -> list[RouteDecision | RouterError]:

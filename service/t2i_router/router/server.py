@@ -1,11 +1,14 @@
 """The router's gRPC server: configuration, assembly, health, reflection, metrics, shutdown.
 
-- `RouterConfig`: every setting, a frozen dataclass; `RouterConfig.from_env` reads
-  ``T2I_ROUTER_<FIELD>`` over the defaults (the CLI then applies its flags).
+- `RouterConfig` (`router.config`, re-exported here): every setting, a frozen dataclass;
+  `RouterConfig.from_env` reads ``T2I_ROUTER_<FIELD>`` over the defaults (the CLI then applies
+  its flags).
 - `build_router`: the core from an estimator and an engine client (choices and costs from the
   model cards, equal weights on the alignment metrics, the budget controller).
 - `create_server(config, router) -> (server, port)`: a grpc.aio server with the Router service,
-  grpc.health.v1 (NOT_SERVING until told otherwise) and server reflection, bound but not started.
+  grpc.health.v1 (NOT_SERVING until told otherwise) and server reflection, bound but not started;
+  TLS (mTLS) when configured, the bearer-token and per-client guards as interceptors
+  (`router.security`, `router.guard`), and an explicit message size limit.
 - `RouterService`: starts it all, warm-starts lambda, watches readiness (health SERVING while
   the estimator and the edge engine are ready, NOT_SERVING when they go away) and stops
   gracefully: health NOT_SERVING, then ``server.stop(grace_s)`` drains in-flight calls, then the
@@ -16,11 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from t2i_router.errors import InvalidRequest, PortInUseError
+from t2i_router.errors import PortInUseError
 from t2i_router.estimator.choices import Choice as ChoiceName
 from t2i_router.estimator.choices import choice_costs
-from t2i_router.router.batching import BatcherConfig
 from t2i_router.router.budget import BudgetConfig, BudgetController
+from t2i_router.router.config import ENV_PREFIX, RouterConfig
 from t2i_router.router.core import Router
-from t2i_router.router.estimator import DEFAULT_ESTIMATOR_DIR, Estimator
+from t2i_router.router.estimator import Estimator
+from t2i_router.router.guard import ClientLimiter, GuardInterceptor
 from t2i_router.router.metrics import RouterMetrics, serve_metrics
 from t2i_router.router.policy import Choice, Policy, PolicyConfig
+from t2i_router.router.security import AuthInterceptor, is_loopback, server_credentials
 from t2i_router.router.servicer import RouterServicer
-from t2i_router.router.types import EngineClient, Limits
+from t2i_router.router.tokens import MiniLMTokenCounter
+from t2i_router.router.types import EngineClient
 from t2i_router.world import ALIGNMENT_ASPECTS, sample_prompts
 from t2i_router_client import SERVICE_NAME, router_pb2, router_pb2_grpc
 
@@ -46,109 +48,8 @@ __all__ = ["ENV_PREFIX", "RouterConfig", "RouterService", "build_router", "creat
 
 log = logging.getLogger(__name__)
 
-ENV_PREFIX = "T2I_ROUTER_"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """Everything `t2i-router serve` can be told (environment ``T2I_ROUTER_<FIELD>``, then flags).
-
-    Attributes:
-        host: Address the gRPC server binds (loopback by default).
-        port: gRPC port; 0 picks a free one.
-        max_batch_size: Most prompts per estimator batch.
-        max_delay_s: Longest a prompt waits for its batch to fill.
-        max_queue: Most prompts waiting for the estimator; more get RESOURCE_EXHAUSTED.
-        limits: Request limits (environment: ``T2I_ROUTER_MAX_PROMPT_BYTES`` and so on).
-        state_dir: Where the budget state is persisted; None keeps it in memory.
-        metrics_port: Prometheus port on loopback; None serves no metrics, 0 a free port.
-        grace_s: How long shutdown waits for in-flight calls.
-        target_rate: Initial target cloud rate (a restored state wins).
-        eta: Step size of the budget controller.
-        lambda_max: Upper clip of lambda.
-        triton_url: ``host:port`` of an external Triton; None starts a managed one.
-        triton_repo: Model repository of the managed Triton.
-        models_dir: Engine folders holding the model cards (choice costs).
-        estimator_dir: The trained estimator's folder.
-        edge_default: The edge engine's default choice.
-        cloud_default: The cloud engine's default choice.
-        health_interval_s: How often readiness is checked.
-        warm_start_prompts: Sampled prompts whose scores warm-start lambda (0: none).
-        ready_timeout_s: How long `serve` waits to become SERVING before giving up.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 50051
-    max_batch_size: int = 32
-    max_delay_s: float = 0.002
-    max_queue: int = 1024
-    limits: Limits = field(default_factory=Limits)
-    state_dir: Path | None = None
-    metrics_port: int | None = None
-    grace_s: float = 10.0
-    target_rate: float = 0.3
-    eta: float = 5e-4
-    lambda_max: float = 1.0
-    triton_url: str | None = None
-    triton_repo: Path = Path("triton_repo")
-    models_dir: Path = Path("models")
-    estimator_dir: Path = DEFAULT_ESTIMATOR_DIR
-    edge_default: str = "edge_small@8"
-    cloud_default: str = "cloud_large@20"
-    health_interval_s: float = 1.0
-    warm_start_prompts: int = 256
-    ready_timeout_s: float = 180.0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise InvalidRequest(f"port is {self.port}, must be in 0..65535")
-        if self.grace_s < 0 or self.health_interval_s <= 0:
-            raise InvalidRequest(
-                f"grace_s {self.grace_s} must be >= 0 and health_interval_s "
-                f"{self.health_interval_s} > 0"
-            )
-
-    @property
-    def batcher(self) -> BatcherConfig:
-        return BatcherConfig(self.max_batch_size, self.max_delay_s, self.max_queue)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RouterConfig:
-        """Defaults, then ``T2I_ROUTER_<FIELD>`` variables, then ``overrides`` (None: unset)."""
-        environ = os.environ if environ is None else environ
-        defaults, limit_defaults = cls(), Limits()
-        values: dict[str, Any] = {}
-        limits: dict[str, Any] = {}
-        for source, target, fields in (
-            (defaults, values, dataclasses.fields(cls)),
-            (limit_defaults, limits, dataclasses.fields(Limits)),
-        ):
-            for f in fields:
-                text = environ.get(ENV_PREFIX + f.name.upper())
-                if text is None or f.name == "limits":
-                    continue
-                target[f.name] = _convert(f.name, text, getattr(source, f.name))
-        limits.update({k: v for k, v in overrides.pop("limits", {}).items() if v is not None})
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values, limits=Limits(**limits))
-
-
-# Fields whose default is None, and what their values are.
-_OPTIONAL_TYPES: dict[str, type] = {"state_dir": Path, "metrics_port": int, "triton_url": str}
-
-
-def _convert(name: str, text: str, default: Any) -> Any:
-    kind = _OPTIONAL_TYPES.get(name, type(default))
-    if kind is not str and text.strip().lower() in ("", "none"):
-        return None
-    try:
-        return kind(text)
-    except (TypeError, ValueError):
-        raise InvalidRequest(
-            f"{ENV_PREFIX}{name.upper()} is {text!r}, not {kind.__name__}"
-        ) from None
 
 
 def build_policy(
@@ -195,7 +96,10 @@ def build_router(
             state_dir=config.state_dir,
         )
     )
-    return Router(estimator, policy, budget, engines, config.batcher, config.limits, metrics)
+    counter = MiniLMTokenCounter() if config.limits.max_prompt_tokens > 0 else None
+    return Router(
+        estimator, policy, budget, engines, config.batcher, config.limits, metrics, counter
+    )
 
 
 def create_server(
@@ -203,16 +107,33 @@ def create_server(
     router: Router,
     health_servicer: health.aio.HealthServicer | None = None,
     metrics: RouterMetrics | None = None,
+    limiter: ClientLimiter | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the Router service, health (NOT_SERVING) and reflection.
+
+    Args:
+        limiter: Per-client concurrency (a new one from ``config.limits`` when None).
 
     Returns:
         The server, bound but not started, and its port (the free one picked for port 0).
 
     Raises:
         PortInUseError: The address cannot be bound.
+        ConfigError: A TLS file or token file cannot be read.
     """
-    server = grpc.aio.server()
+    limiter = limiter or ClientLimiter(config.limits.max_concurrent_per_client)
+    credentials = (
+        server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        if config.tls_cert is not None and config.tls_key is not None
+        else None
+    )
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(config.tokens()), GuardInterceptor(limiter)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
+    )
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router, metrics), server)
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -226,7 +147,10 @@ def create_server(
     )
     address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as e:
         raise PortInUseError(config.port, f"cannot bind {address}: {e}") from e
     if port == 0:
@@ -250,6 +174,7 @@ class RouterService:
         self.router = router
         self.metrics = metrics
         self.health = health.aio.HealthServicer()
+        self.limiter = ClientLimiter(config.limits.max_concurrent_per_client)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.serving = asyncio.Event()
@@ -260,7 +185,9 @@ class RouterService:
 
     async def start(self) -> int:
         """Binds and starts the server (health NOT_SERVING) and the readiness watcher."""
-        self._server, self.port = create_server(self.config, self.router, self.health, self.metrics)
+        self._server, self.port = create_server(
+            self.config, self.router, self.health, self.metrics, self.limiter
+        )
         await self._set_serving(False)
         await self._server.start()
         if self.metrics is not None:
@@ -269,7 +196,17 @@ class RouterService:
                 self._metrics_server, self.metrics_port = serve_metrics(
                     self.metrics, self.config.metrics_port
                 )
-        log.info("gRPC server listening on %s:%d", self.config.host, self.port)
+        c = self.config
+        tokens = c.tokens()
+        log.info(
+            "gRPC server listening on %s:%d (%s, tokens: %s)",
+            c.host,
+            self.port,
+            "mTLS" if c.tls_client_ca else "TLS" if c.tls else "plaintext",
+            ", ".join(k for k in ("generation", "admin") if getattr(tokens, k)) or "none",
+        )
+        if not c.tls and not is_loopback(c.host):
+            log.warning("serving plaintext on %s (--insecure): tokens travel in clear", c.host)
         await self._warm_start()
         self._watcher = asyncio.create_task(self._watch(), name="router-health")
         return self.port

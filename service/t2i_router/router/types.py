@@ -6,7 +6,7 @@ Plain dataclasses (no grpc): the servicer converts them to and from the proto's 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,28 +54,45 @@ class RouterMetricsSink(Protocol):
 
 @dataclass(frozen=True)
 class Limits:
-    """What a request may ask for; beyond it is INVALID_ARGUMENT, quoting the limit.
+    """What a request may ask for; beyond it is INVALID_ARGUMENT (RESOURCE_EXHAUSTED for the
+    concurrency limit), quoting the limit.
 
     Attributes:
-        max_prompt_bytes: Longest prompt, in UTF-8 bytes.
+        max_prompt_bytes: Longest prompt, in UTF-8 bytes (checked first, so a huge prompt is
+            never tokenized).
+        max_prompt_tokens: Longest prompt in MiniLM tokens, [CLS] and [SEP] included: the
+            engines' encoder keeps 24 (``engines.text_encoder.MAX_TOKENS``) and would cut the
+            rest silently; 0 turns the check off.
         max_prompts: Most prompts in one Route or GenerateBatch call.
         max_steps: Most sampler steps a caller may ask for.
         max_guidance: Largest guidance scale a caller may ask for.
+        max_concurrent_per_client: Most calls one client may have in flight
+            (`router.guard.ClientLimiter`).
     """
 
     max_prompt_bytes: int = 1024
+    max_prompt_tokens: int = 24
     max_prompts: int = 256
     max_steps: int = 100
     max_guidance: float = 30.0
+    max_concurrent_per_client: int = 16
 
-    def check_prompt(self, prompt: str) -> None:
+    def check_prompt(self, prompt: str, count_tokens: Callable[[str], int] | None = None) -> None:
+        """Raises `InvalidRequest` for an empty or too long prompt (tokens: given a counter)."""
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidRequest(f"prompt {prompt!r} is empty")
+            raise InvalidRequest(f"prompt {prompt[:40]!r} is empty")
         n = len(prompt.encode("utf-8"))
         if n > self.max_prompt_bytes:
             raise InvalidRequest(
                 f"prompt {prompt[:40]!r}... is {n} bytes, the limit is {self.max_prompt_bytes}"
             )
+        if count_tokens is not None and self.max_prompt_tokens > 0:
+            tokens = count_tokens(prompt)
+            if tokens > self.max_prompt_tokens:
+                raise InvalidRequest(
+                    f"prompt {prompt[:40]!r} is {tokens} tokens with [CLS]/[SEP], the limit is "
+                    f"{self.max_prompt_tokens}"
+                )
 
     def check_count(self, n: int) -> None:
         if n == 0:
@@ -94,9 +111,9 @@ class GenerateItem:
     guidance: float | None = None
     target: Target = "auto"
 
-    def check(self, limits: Limits) -> None:
+    def check(self, limits: Limits, count_tokens: Callable[[str], int] | None = None) -> None:
         """Raises `InvalidRequest` quoting the first bad field."""
-        limits.check_prompt(self.prompt)
+        limits.check_prompt(self.prompt, count_tokens)
         if self.steps is not None and not 1 <= self.steps <= limits.max_steps:
             raise InvalidRequest(f"steps is {self.steps}, must be in 1..{limits.max_steps}")
         if self.guidance is not None and not (
