@@ -14,14 +14,13 @@ from t2i_router.engines import Denoiser, EngineConfig, save_engine
 from t2i_router.engines.unet import tiny_unet_config
 from t2i_router.errors import InvalidRequest
 from t2i_router.estimator.choices import Choice, choice_costs, parse_choices
-from t2i_router.estimator.labels import (
+from t2i_router.estimator.labeling import (
     engine_prompt_texts,
     label_split,
-    load_labels,
-    part_path,
     split_of,
     split_prompts,
 )
+from t2i_router.estimator.labels import load_labels, part_path
 from t2i_router.world import ASPECTS, COMPLEXITY_LEVELS, parse_prompt
 
 CHOICES = parse_choices("edge_small@2,cloud_large@3")

@@ -18,7 +18,7 @@ DEFAULT_LABELS_DIR = "data/labels"
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    from t2i_router.estimator.labels import label_split
+    from t2i_router.estimator.labeling import label_split
 
     manifest = label_split(
         args.out,
