@@ -20,7 +20,7 @@ import numpy as np
 
 from t2i_router.argtypes import non_negative_float, non_negative_int, positive_int, unit_interval
 from t2i_router.errors import RouterError
-from t2i_router.estimator.cli import add_label_parser
+from t2i_router.estimator.cli import add_estimator_parser, add_label_parser
 from t2i_router.imageio import ImageFileError, load_png, save_png
 from t2i_router.triton.cli import add_triton_parser
 from t2i_router.world import (
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_triton_parser(sub)
     add_label_parser(sub)
+    add_estimator_parser(sub)
 
     world = sub.add_parser("world", help="the miniature world: prompts and ground-truth renders")
     wsub = world.add_subparsers(dest="world_command", required=True)

@@ -57,3 +57,13 @@ def add_label_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per engine call")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_label)
+
+
+def add_estimator_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add ``estimator`` to the top-level subcommands; returns its subcommands for more."""
+    from t2i_router.estimator.evaluate import add_evaluate_parser
+
+    p = sub.add_parser("estimator", help="the per-prompt quality estimator and its baselines")
+    esub = p.add_subparsers(dest="estimator_command", required=True)
+    add_evaluate_parser(esub)
+    return esub
