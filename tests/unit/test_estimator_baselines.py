@@ -7,7 +7,9 @@ recover most of the cloud's gain at half the calls, and random recovers half of 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ from t2i_router.estimator.baselines import (
     utilities_from_q,
 )
 from t2i_router.estimator.choices import DEFAULT_CHOICES, Choice
-from t2i_router.estimator.evaluate import MoeMethod, load_moe
+from t2i_router.estimator.evaluate import MoeMethod, evaluate, load_moe
 from t2i_router.estimator.labels import LabelSet, Manifest, _part_table, _write_parquet, part_path
 from t2i_router.estimator.pooled_models import CemsMethod, MlpConfig, MlpMethod
 from t2i_router.estimator.win_classifier import WinClassifierConfig, WinClassifierMethod
@@ -212,8 +214,8 @@ def test_the_moe_is_one_more_method_with_choices_aligned_by_name(splits, monkeyp
     u = moe.utilities(list(test.prompts[:3]))
     np.testing.assert_allclose(u[:, CLOUD], 0.9)
     np.testing.assert_allclose(moe.score(list(test.prompts[:3])), 0.9)
-    monkeypatch.setitem(sys.modules, "t2i_router.estimator.training", None)
-    with pytest.raises(RouterError, match=r"needs t2i_router\.estimator\.training"):
+    monkeypatch.setitem(sys.modules, "t2i_router.estimator.quality", None)
+    with pytest.raises(RouterError, match=r"needs t2i_router\.estimator\.quality"):
         load_moe("models/quality_estimator", [c.name for c in DEFAULT_CHOICES])
 
 
@@ -228,15 +230,21 @@ def _write_split(root: Path, split: str, labels: LabelSet) -> None:
     Manifest(split, n, s, n, names, {"edge_small": "sha", "cloud_large": "sha"}).write(root / split)
 
 
+@pytest.fixture(scope="module")
+def label_dir(tmp_path_factory, splits):
+    root = tmp_path_factory.mktemp("labels")
+    for name, labels in zip(("train", "val", "test"), splits):
+        _write_split(root, name, labels)
+    return root
+
+
 def test_evaluate_command_writes_json_markdown_and_plots(
-    tmp_path, splits, cache, monkeypatch, capsys
+    tmp_path, label_dir, cache, monkeypatch, capsys
 ):
     monkeypatch.setattr(evaluate_module, "EmbeddingCache", lambda: cache)  # MiniLM loaded once
-    for name, labels in zip(("train", "val", "test"), splits):
-        _write_split(tmp_path / "labels", name, labels)
     out = tmp_path / "eval"
     methods = "random,length,level,knn,mlp,cems,oracle"
-    argv = ["estimator", "evaluate", "--labels", str(tmp_path / "labels"), "--out", str(out)]
+    argv = ["estimator", "evaluate", "--labels", str(label_dir), "--out", str(out)]
     argv += ["--methods", methods, "--n-boot", "50", "--models-dir", str(REPO / "models")]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["apgr"]["knn"] > 0.7
@@ -263,3 +271,21 @@ def test_evaluate_command_writes_json_markdown_and_plots(
         assert (out / name).stat().st_size > 0
     assert "Paired difference from" in (out / "evaluation.md").read_text()
     assert main([*argv[:-4], "--methods", "knn,bogus"]) == 2
+
+
+def test_evaluate_finds_the_moe_in_the_models_folder_and_compares_every_method_to_it(
+    tmp_path, label_dir, monkeypatch
+):
+    models = tmp_path / "models"
+    for engine in ("edge_small", "cloud_large"):
+        (models / engine).mkdir(parents=True)
+        shutil.copy(REPO / "models" / engine / "model_card.json", models / engine)
+    (models / "quality_estimator").mkdir()
+    fake = types.SimpleNamespace(QualityEstimator=types.SimpleNamespace(load=lambda d: _FakeMoe()))
+    monkeypatch.setitem(sys.modules, "t2i_router.estimator.quality", fake)
+    payload = evaluate(label_dir, tmp_path / "eval", ["level", "oracle"], models_dir=models)
+    assert payload["reference"] == "moe"
+    assert set(payload["bootstrap"]["difference_from_reference"]) == {"level", "oracle", "random"}
+    assert set(payload["cost_quality"]) == {"moe", "level", "oracle"}
+    # The fake MoE always picks cloud_large@20: its routed curve never beats that choice.
+    assert payload["cost_quality"]["moe"]["vs_fixed"][-1]["margin"] == pytest.approx(0, abs=1e-9)

@@ -59,11 +59,11 @@ def add_label_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_label)
 
 
-def add_estimator_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """Add ``estimator`` to the top-level subcommands; returns its subcommands for more."""
+def add_estimator_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``estimator evaluate`` to the top-level subcommands."""
+    est = sub.add_parser("estimator", help="the per-prompt quality estimator and its baselines")
+    esub = est.add_subparsers(dest="estimator_command", required=True)
+
     from t2i_router.estimator.evaluate import add_evaluate_parser
 
-    p = sub.add_parser("estimator", help="the per-prompt quality estimator and its baselines")
-    esub = p.add_subparsers(dest="estimator_command", required=True)
     add_evaluate_parser(esub)
-    return esub

@@ -5,7 +5,7 @@ the noise ceiling, the M-choice cost curves), ``evaluation.md`` (methods x PGR@2
 calls saved, and each method's paired difference from the reference: the MoE when present, else
 the best learned baseline by APGR), ``pgr_curves.png`` and ``cost_quality.png``.
 
-The MoE estimator comes from ``t2i_router.estimator.training`` (built separately) and is
+The MoE estimator (``t2i_router.estimator.quality.QualityEstimator``, built separately) is
 imported only when a model folder is given or found at ``models/quality_estimator``.
 """
 
@@ -102,9 +102,9 @@ def make_method(
 class MoeMethod(_Base):
     """The MoE quality estimator as one more method: utilities from its predicted Q (M x K).
 
-    Assumed interface of the estimator: ``predict(prompts)`` giving Q (N, M, K) (or an object
-    with ``.q``), an optional ``choices`` (names, to align its order with the labels'), and an
-    optional ``utilities(prompts)`` preferred when present.
+    The estimator's interface (``QualityEstimator``): ``utilities(prompts)`` (N, M) if it has
+    one, else ``predict(prompts)`` giving Q (N, M, K), from which the alignment aspects are
+    averaged; ``choices`` names its M choices, whose order is aligned with the labels'.
     """
 
     name = "moe"
@@ -135,16 +135,17 @@ def load_moe(model_dir: str | Path, choices: Sequence[str]) -> MoeMethod:
     """Load the trained MoE from ``model_dir`` (a lazy import of its package).
 
     Raises:
-        RouterError: when ``t2i_router.estimator.training`` is not in this checkout.
+        RouterError: when ``t2i_router.estimator.quality`` (the MoE's ``QualityEstimator``) is
+            not in this checkout.
     """
     try:
-        from t2i_router.estimator import training
+        from t2i_router.estimator.quality import QualityEstimator
     except ImportError as e:
         raise RouterError(
-            f"the MoE model {model_dir} needs t2i_router.estimator.training, which this checkout "
+            f"the MoE model {model_dir} needs t2i_router.estimator.quality, which this checkout "
             f"lacks ({e}); leave out --model or train it with `t2i-router estimator train`"
         ) from e
-    estimator = training.QualityEstimator.load(model_dir)
+    estimator = QualityEstimator.load(model_dir)
     return MoeMethod(estimator, getattr(estimator, "choices", None) or choices)
 
 
