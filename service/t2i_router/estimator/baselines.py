@@ -42,6 +42,7 @@ __all__ = [
     "LengthMethod",
     "LevelMethod",
     "Method",
+    "MethodBase",
     "OracleMethod",
     "RandomMethod",
     "default_pair",
@@ -102,7 +103,9 @@ def utilities_from_q(q: np.ndarray, applies: np.ndarray | None = None) -> np.nda
     return np.nansum(align * w, axis=-1) / np.maximum(w.sum(-1), 1e-9)
 
 
-class _Base:
+class MethodBase:
+    """What the methods share: the edge/cloud pair found at fit, and score from utilities."""
+
     name = "base"
 
     def __init__(self) -> None:
@@ -126,7 +129,7 @@ class _Base:
         return u[:, cloud] - u[:, edge]
 
 
-class RandomMethod(_Base):
+class RandomMethod(MethodBase):
     """A uniform score per prompt from a seeded hash: the same prompt always scores the same."""
 
     name = "random_seeded"  # "random" is evaluation's analytic expectation
@@ -143,7 +146,7 @@ class RandomMethod(_Base):
         return np.array([int.from_bytes(d, "big") / 2**64 for d in digests])
 
 
-class LengthMethod(_Base):
+class LengthMethod(MethodBase):
     """Prompt length in whitespace tokens; longer = more gain, unless train shows the reverse."""
 
     name = "length"
@@ -166,7 +169,7 @@ class LengthMethod(_Base):
         return self.sign * np.array([len(p.split()) for p in prompts], np.float64)
 
 
-class LevelMethod(_Base):
+class LevelMethod(MethodBase):
     """Complexity level of the parsed prompt: each choice's mean quality per level on train."""
 
     name = "level"
@@ -227,7 +230,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-class KnnMethod(_Base):
+class KnnMethod(MethodBase):
     """CATImage's KNN: each choice's mean quality over the k most cosine-similar train prompts.
 
     k is picked on val by the mean squared error of the predicted gap (steadier than a ranking
@@ -237,7 +240,10 @@ class KnnMethod(_Base):
     name = "knn"
 
     def __init__(
-        self, cache: EmbeddingCache, k: int = 10, candidates: Sequence[int] = (1, 5, 10, 25, 50)
+        self,
+        cache: EmbeddingCache,
+        k: int = 10,
+        candidates: Sequence[int] = (1, 5, 10, 25, 50, 100),
     ) -> None:
         super().__init__()
         if k < 1 or any(c < 1 for c in candidates):
@@ -268,7 +274,7 @@ class KnnMethod(_Base):
         return self.values[top].mean(axis=1)
 
 
-class OracleMethod(_Base):
+class OracleMethod(MethodBase):
     """The true mean quality of each choice on each test prompt: the unreachable upper bound.
 
     It ranks by the same seeds it is scored on, so it also fits their noise; the split-half

@@ -31,9 +31,9 @@ from t2i_router.estimator.baselines import (
     LengthMethod,
     LevelMethod,
     Method,
+    MethodBase,
     OracleMethod,
     RandomMethod,
-    _Base,
     default_pair,
     prompt_quality,
     utilities_from_q,
@@ -99,7 +99,7 @@ def make_method(
     raise InvalidRequest(f"unknown method {name!r}; known: {list(METHODS)}")
 
 
-class MoeMethod(_Base):
+class MoeMethod(MethodBase):
     """The MoE quality estimator as one more method: utilities from its predicted Q (M x K).
 
     The estimator's interface (``QualityEstimator``): ``utilities(prompts)`` (N, M) if it has
@@ -306,8 +306,9 @@ def _markdown(payload: dict[str, Any], boot: ev.BootstrapResult, reference: str 
         "",
         f"{payload['edge']} (edge) vs {payload['cloud']} (cloud); {payload['n_prompts']['test']} "
         f"test prompts x {payload['n_test_seeds']} seeds; trained on "
-        f"{payload['n_prompts']['train']} prompts. `random` is the analytic expectation, "
-        "`random_seeded` one seeded draw; `oracle` ranks by the very seeds it is scored on.",
+        f"{payload['n_prompts']['train']} prompts. `random` is the analytic expectation of "
+        "random routing, `random_seeded` one seeded draw; `oracle` ranks by the very seeds it is "
+        "scored on (the split-half oracle below is the honest ceiling).",
         "",
         ev.markdown_table(boot, reference),
         "## Noise ceiling",

@@ -14,7 +14,7 @@ import numpy as np
 
 from t2i_router.estimator.baselines import (
     EmbeddingCache,
-    _Base,
+    MethodBase,
     prompt_quality,
     utilities_from_q,
 )
@@ -91,7 +91,7 @@ def _train(net, loss_fn, x, y, x_val, y_val, cfg: MlpConfig) -> list[float]:
     return history
 
 
-class _PooledTorch(_Base):
+class _PooledTorch(MethodBase):
     """Shared parts of the torch methods on standardised pooled embeddings."""
 
     def __init__(self, cache: EmbeddingCache, config: MlpConfig | None = None) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from t2i_router.errors import InvalidRequest
-from t2i_router.estimator.baselines import _Base, prompt_quality
+from t2i_router.estimator.baselines import MethodBase, prompt_quality
 from t2i_router.estimator.labels import LabelSet
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class WinClassifierConfig:
             raise InvalidRequest(f"freeze_layers is {self.freeze_layers}, must be >= 0")
 
 
-class WinClassifierMethod(_Base):
+class WinClassifierMethod(MethodBase):
     """Fine-tuned MiniLM + linear head; score = P(cloud default better than edge default)."""
 
     name = "win"
