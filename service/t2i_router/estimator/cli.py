@@ -225,3 +225,7 @@ def add_estimator_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts-file", required=True, help="one prompt per line")
     p.add_argument("--model", default=DEFAULT_MODEL_DIR, help=f"default: {DEFAULT_MODEL_DIR}")
     p.set_defaults(func=cmd_estimator_predict)
+
+    from t2i_router.estimator.evaluate import add_evaluate_parser
+
+    add_evaluate_parser(esub)
