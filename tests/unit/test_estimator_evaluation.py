@@ -304,3 +304,14 @@ def test_plots_write_png_files(tmp_path: Path) -> None:
     )
     for png in (pgr_png, cost_png):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reliability_of_anticorrelated_halves_is_floored_at_zero() -> None:
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=200)
+    # halves whose gaps are opposite: correlation -1 would give -inf, -0.6 gives -3
+    edge = np.zeros((200, 2))
+    cloud = np.stack([g, -0.6 * g + 0.8 * rng.normal(size=200)], axis=1)
+    measured = ev.split_half_reliability(edge, cloud)
+    assert measured.correlation < -0.3
+    assert measured.spearman_brown == 0.0

@@ -862,7 +862,9 @@ class SplitHalfReliability:
 
     Attributes:
         correlation: Pearson correlation across prompts of the two halves' gaps.
-        spearman_brown: Reliability of the gap over all (both halves') seeds, 2 r / (1 + r).
+        spearman_brown: Reliability of the gap over all (both halves') seeds, 2 r / (1 + r),
+            floored at 0: a negative split-half correlation means no measurable prompt-level
+            signal (the formula would give values below -1 there).
         prompt_gap_std: Std of the prompt-level gap, sqrt(max(cov(half 1, half 2), 0)): the
             halves share the prompt's expected gap and have independent seed noise.
         n_prompts: Prompts it was measured on.
@@ -898,7 +900,7 @@ def _reliability(g1: np.ndarray, g2: np.ndarray) -> SplitHalfReliability:
     sd1, sd2 = float(g1.std(ddof=1)), float(g2.std(ddof=1))
     corr = cov / (sd1 * sd2) if n >= 3 and sd1 > 0 and sd2 > 0 else math.nan
     corr = min(max(corr, -1.0), 1.0) if not math.isnan(corr) else corr
-    brown = 2 * corr / (1 + corr) if corr > -1 else math.nan
+    brown = max(0.0, 2 * corr / (1 + corr)) if not math.isnan(corr) else math.nan
     return SplitHalfReliability(corr, brown, math.sqrt(max(cov, 0.0)), n)
 
 
