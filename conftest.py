@@ -1,9 +1,13 @@
-"""Project-wide pytest hooks (tests/ and benchmarks/)."""
+"""Project-wide pytest hooks and fixtures (tests/ and benchmarks/)."""
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 import pytest
+
+# ``pytester`` runs a small pytest session in a subprocess (tests/unit/test_conftest.py).
+pytest_plugins = ["pytester"]
 
 
 def _has_nvidia_gpu() -> bool:
@@ -18,6 +22,19 @@ def _has_nvidia_gpu() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return listing.returncode == 0 and "GPU" in listing.stdout
+
+
+def _has_cuda_torch_and_gpu() -> bool:
+    """True when an NVIDIA GPU is listed and the installed torch can use it.
+
+    The pinned torch is the CPU build (``torch==...+cpu``), so on a GPU host the ``gpu`` tests
+    still skip unless a CUDA build of torch was installed in its place.
+    """
+    if not _has_nvidia_gpu():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _cpu_flags() -> set[str]:
@@ -43,7 +60,11 @@ def _has_native_bf16() -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skips tests marked `gpu` without an NVIDIA GPU, and `native_bf16` without bf16 on the CPU."""
     for marker, present, reason in (
-        ("gpu", _has_nvidia_gpu, "needs an NVIDIA GPU (nvidia-smi lists none)"),
+        (
+            "gpu",
+            _has_cuda_torch_and_gpu,
+            "needs an NVIDIA GPU and a CUDA build of torch (the pinned torch is the CPU build)",
+        ),
         ("native_bf16", _has_native_bf16, "the CPU has no bf16 instructions (bf16 is emulated)"),
     ):
         marked = [item for item in items if marker in item.keywords]
@@ -51,3 +72,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         for item in marked:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """Puts torch's intra-op thread count back after each test.
+
+    ``torch.set_num_threads`` is process-wide, and ``Trainer``, ``serving.load_engine`` and
+    some scripts call it, so without this a test would change the thread count (and with it
+    the CPU kernels chosen, hence the last bits of every float) of all tests after it.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

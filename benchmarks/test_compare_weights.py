@@ -13,7 +13,9 @@ import torch
 
 from t2i_router.engines import Denoiser, Engine, EngineConfig, save_engine
 from t2i_router.engines.engine import WEIGHTS_FILE
+from t2i_router.engines.report import per_level, score_engine, tuning_prompts
 from t2i_router.engines.unet import TINY_ENGINE_UNETS
+from t2i_router.world import mean_alignment
 
 
 def tiny(out_dir: Path, seed: int) -> Path:
@@ -23,19 +25,45 @@ def tiny(out_dir: Path, seed: int) -> Path:
     return out_dir
 
 
-def test_compare_two_tiny_engines(tmp_path: Path) -> None:
+def _args(candidate_models: Path, baseline: Path, out: Path, n: int = 8) -> list[str]:
+    args = ["--engine", "tiny", "--baseline-dir", str(baseline), "--n", str(n), "--seeds", "1"]
+    args += ["--runtime", "torch", "--models-dir", str(candidate_models)]
+    return [*args, "--results-dir", str(out), "--docs-dir", str(out)]
+
+
+def test_an_engine_against_its_own_weights_differs_by_exactly_zero(tmp_path: Path) -> None:
+    """Both sides are scored on the same prompts, seeds and sampling: equal weights give the
+    same images bit for bit (same batch, same kernels), so every difference is exactly 0."""
     tiny(tmp_path / "models" / "tiny", seed=1)
-    base = tiny(tmp_path / "base", seed=2)
-    args = ["--engine", "tiny", "--baseline-dir", str(base), "--n", "8", "--seeds", "1"]
-    args += ["--runtime", "torch", "--models-dir", str(tmp_path / "models")]
-    args += ["--results-dir", str(tmp_path), "--docs-dir", str(tmp_path)]
-    result = compare_weights.main(args)
+    same = tiny(tmp_path / "same", seed=1)
+    result = compare_weights.main(_args(tmp_path / "models", same, tmp_path))
     base_r, cand_r = result["engines"].values()
-    diff = result["difference"]["all"]["mean"]
-    assert diff == pytest.approx(
-        cand_r["mean_alignment"]["all"] - base_r["mean_alignment"]["all"], abs=2e-4
-    )
-    assert result["difference"]["all"]["se"] >= 0
+    assert base_r["mean_alignment"] == cand_r["mean_alignment"]
+    assert result["difference"]["all"] == {"mean": 0.0, "se": 0.0}
+    assert all(d["mean"] == 0.0 for d in result["difference"].values())
+
+
+def test_compare_two_tiny_engines(tmp_path: Path) -> None:
+    candidate = tiny(tmp_path / "models" / "tiny", seed=1)
+    base = tiny(tmp_path / "base", seed=2)
+    result = compare_weights.main(_args(tmp_path / "models", base, tmp_path))
+    # Each side is what scoring that engine alone on the tuning prompts gives, under its name,
+    # and the difference is candidate minus baseline.
+    pairs = tuning_prompts(8)
+    levels = np.array([s.complexity for _, s in pairs])
+    alone = {
+        name: mean_alignment(score_engine(Engine.load(d), pairs, 1)[0])
+        for name, d in (("base", base), ("candidate", candidate))
+    }
+    base_r = result["engines"][str(base)]
+    cand_r = result["engines"][f"{candidate} now"]
+    assert base_r["mean_alignment"] == per_level(alone["base"], levels)
+    assert cand_r["mean_alignment"] == per_level(alone["candidate"], levels)
+    want = compare_weights.paired_difference(alone["base"], alone["candidate"], levels)
+    assert {lv: d["mean"] for lv, d in result["difference"].items()} == {
+        lv: d["mean"] for lv, d in want.items()
+    }
+    assert result["difference"]["all"]["se"] == want["all"]["se"]
     assert set(cand_r["controls"]) == set(compare_weights.CONTROLS)
     assert json.loads((tmp_path / "compare_tiny.json").read_text())["n_prompts"] == 8
     doc = (tmp_path / "compare_tiny.md").read_text()

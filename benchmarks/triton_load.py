@@ -8,6 +8,10 @@ in-process at batch 1 (ONNX Runtime and torch) for the Triton overhead and runti
     .venv/bin/python benchmarks/triton_load.py
     # writes benchmarks/results/triton_load.json and docs/triton_benchmark.md
 
+The JSON and the table name what was measured: each engine's weights (SHA-256 of
+``model.safetensors``), its sampler, steps and guidance (the requests use the engine's defaults),
+and the git commit of the checkout.
+
 Goals (issue 4): >= 2.5x throughput at concurrency 32 with batching; Triton latency at
 concurrency 1 <= 1.3x the in-process engine at batch 1.
 """
@@ -16,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from t2i_router.engines import Engine, TextEncoder
+from t2i_router.engines import Engine, EngineConfig, TextEncoder
+from t2i_router.engines.engine import CONFIG_FILE, WEIGHTS_FILE
 from t2i_router.engines.export import OnnxDenoiser
 from t2i_router.engines.serving import ensure_onnx
 from t2i_router.triton import ManagedTritonServer, TritonClient, TritonServerConfig
@@ -87,6 +94,28 @@ def _in_process(models_dir: Path, name: str, prompts: list[str], repeats: int) -
     return out
 
 
+def engine_record(engine_dir: Path) -> dict:
+    """What the served engine is: its weights' SHA-256 and how it samples by default."""
+    config = EngineConfig.from_dict(json.loads((engine_dir / CONFIG_FILE).read_text()))
+    digest = hashlib.sha256((engine_dir / WEIGHTS_FILE).read_bytes()).hexdigest()
+    return {"weights_sha256": digest, **config.sampling()}
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, with ``-dirty`` when tracked files differ from it; None outside
+    a git checkout."""
+    done = subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip()
+
+
 def run(args: argparse.Namespace) -> dict:
     models_dir = Path(args.models_dir).resolve()
     prompts = [t for t, _ in sample_prompts(args.requests, seed=7)]
@@ -101,6 +130,8 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {
         "host": {"machine": platform.machine(), "python": platform.python_version()},
         "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "commit": git_commit(),
+        "engines": {name: engine_record(models_dir / name) for name in args.models},
         "triton": {},
         "in_process": {},
     }
@@ -171,7 +202,14 @@ def summarize(result: dict) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [
+    lines = ["| engine | weights (sha256) | sampler | steps | guidance |", "|---|---|---|---|---|"]
+    for name, e in result["engines"].items():
+        lines.append(
+            f"| {name} | {e['weights_sha256'][:16]} | {e['sampler']} | {e['steps']} | "
+            f"{e['guidance']} |"
+        )
+    lines += [
+        "",
         "| engine | variant | concurrency | images/s | p50 s | p99 s |",
         "|---|---|---|---|---|---|",
     ]
@@ -207,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         Path(args.table).write_text(
             "# Engines through Triton\n\nRegenerate: `.venv/bin/python benchmarks/triton_load.py`"
-            f" (this run: `{' '.join(sys.argv[1:] if argv is None else argv) or 'defaults'}`)."
+            f" (this run: `{' '.join(sys.argv[1:] if argv is None else argv) or 'defaults'}`,"
+            f" at commit {result['commit']})."
             "\n\n" + table(result)
         )
     print(table(result))

@@ -31,7 +31,8 @@ def export_onnx(model: Denoiser, path: str | Path, max_tokens: int = MAX_TOKENS)
     """Write ``model`` as ONNX with a dynamic batch axis; returns the path.
 
     Uses the TorchScript exporter: on these UNets it takes ~3 s where the dynamo exporter
-    takes 30-45 s, and both give graphs that match torch to 1e-6.
+    takes 30-45 s. Its graphs' velocity matches torch within 1e-5 absolute (1.5e-6 to 6.2e-6
+    measured; docs/engines.md, "ONNX export").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

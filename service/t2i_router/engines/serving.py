@@ -100,7 +100,12 @@ def ensure_onnx(engine_dir: str | Path) -> Path:
 
 
 def load_engine(cfg: ServingConfig, encoder: TextEncoder | None = None, pb_utils=None) -> Engine:
-    """The engine a Triton model serves; ``pb_utils`` is needed for a BLS text encoder."""
+    """The engine a Triton model serves; ``pb_utils`` is needed for a BLS text encoder.
+
+    With the torch runtime, a nonzero ``cfg.threads`` calls ``torch.set_num_threads``, which is
+    process-wide: every torch call in the process runs on that many threads from then on (one
+    engine per Triton model process, so there it is the engine's own setting).
+    """
     model, config = load_denoiser(cfg.engine_dir)
     if encoder is None and cfg.text_encoder != "inline":
         from t2i_router.engines.bls import BlsTextEncoder

@@ -342,7 +342,11 @@ def evaluate(
 
 
 class Trainer:
-    """One engine's training run, resumable from ``out_dir/train_state.pt``."""
+    """One engine's training run, resumable from ``out_dir/train_state.pt``.
+
+    A nonzero ``TrainConfig.threads`` calls ``torch.set_num_threads``, which is process-wide: it
+    stays in force after the trainer is gone, for every later torch call in the process.
+    """
 
     def __init__(
         self,
