@@ -461,6 +461,15 @@ def test_engine_server_answers_each_request_alone(tiny_engine):
     assert isinstance(results[1], BadRequest)  # its own error, not the batch's
 
 
+def test_engine_loader_needs_the_encoder_of_a_named_text_encoder_model(tmp_path):
+    """engines/ builds no Triton encoder itself: triton.backend injects the BLS one."""
+    from t2i_router.engines.serving import ServingConfig, load_engine
+
+    settings = ServingConfig(engine_dir=str(tmp_path), text_encoder="text_encoder")
+    with pytest.raises(ValueError, match="'text_encoder'"):
+        load_engine(settings)
+
+
 def test_lr_factor_warms_up_holds_and_decays_when_asked():
     flat = TrainConfig(warmup_steps=10)
     assert lr_factor(flat, 0) == pytest.approx(0.1)

@@ -1,12 +1,15 @@
-"""Run an engine's UNet in another Triton model through BLS (the GPU repository's engines).
+"""The Triton Python-backend side of t2i-router's models: pb_utils requests <-> pure servers.
 
-In the GPU repository (:func:`t2i_router.triton.repository.build_gpu_repository`) each engine
-is a Python model that validates, encodes prompts and samples exactly as on the CPU
-(:mod:`t2i_router.engines.serving`), but whose denoise callable, :class:`BlsDenoiser`, sends each
-UNet call to the ``<engine>_unet`` TensorRT model with ``pb_utils.InferenceRequest(...).exec()``.
+Only this module (and the thin ``model.py`` templates in ``templates/``) touches
+``triton_python_backend_utils``, which exists only inside Triton's Python backend; it is passed
+in as ``pb_utils`` (tests pass a fake one). The servers it delegates to
+(:class:`t2i_router.engines.serving.EngineServer`) are pure and tested without Triton: each is
+injected here with its denoiser (ONNX Runtime, torch, or :class:`BlsDenoiser`) and its text
+encoder (inline MiniLM, or :class:`BlsTextEncoder`).
 
-``triton_python_backend_utils`` exists only inside Triton's Python backend, so it is imported
-lazily, and every function here takes the module as an argument: tests pass a fake one.
+Sections: shared helpers; engines (``execute_engine`` and the loaders of the CPU and GPU
+repositories' engine models); BLS calls to other models (:class:`BlsDenoiser`,
+:class:`BlsTextEncoder`); the shared text encoder model (``encode_triton``).
 """
 
 from __future__ import annotations
@@ -23,12 +26,125 @@ import torch
 
 from t2i_router.engines.engine import CONFIG_FILE, Engine
 from t2i_router.engines.export import INPUT_NAMES, OUTPUT_NAME
-from t2i_router.engines.serving import EngineServer, ServingConfig
+from t2i_router.engines.serving import EngineRequest, EngineServer, ServingConfig, load_engine
 from t2i_router.engines.text_encoder import TextEncoder, TextEncoderConfig
 from t2i_router.engines.unet import EngineConfig
 from t2i_router.errors import ConfigError, MissingFileError, ModelError
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "BlsDenoiser",
+    "BlsError",
+    "BlsTextEncoder",
+    "encode_triton",
+    "execute_engine",
+    "load_bls_server",
+    "load_engine_server",
+    "model_parameters",
+]
+
+
+# --- shared: pb_utils, parameters -------------------------------------------------------------
+
+
+def _pb_utils(pb_utils: ModuleType | None) -> ModuleType:
+    if pb_utils is not None:
+        return pb_utils
+    import triton_python_backend_utils
+
+    return triton_python_backend_utils
+
+
+def model_parameters(args: dict) -> dict[str, str]:
+    """A Python model's ``parameters {}`` as strings, from ``initialize(args)``."""
+    config = json.loads(args["model_config"])
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+def _to_torch(tensor: Any) -> torch.Tensor:
+    """A pb_utils.Tensor (CPU or GPU memory) as a CPU torch tensor that owns its memory."""
+    if hasattr(tensor, "is_cpu") and not tensor.is_cpu():
+        return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu()
+    # A copy: the response's buffer is released once the response object goes.
+    return torch.from_numpy(np.array(tensor.as_numpy(), copy=True))
+
+
+# --- engines: edge_small, cloud_large (CPU and GPU repositories) ------------------------------
+
+
+def load_engine_server(args: dict, pb_utils: ModuleType | None = None) -> EngineServer:
+    """The server of a CPU-repository engine model, from its ``initialize(args)``.
+
+    Parameters are :class:`~t2i_router.engines.serving.ServingConfig`'s; with
+    ``text_encoder`` other than ``inline`` the prompts are encoded by that Triton model (BLS).
+    """
+    settings = ServingConfig.from_parameters(model_parameters(args), args["model_repository"])
+    encoder = None
+    if settings.text_encoder != "inline":
+        encoder = BlsTextEncoder(settings.text_encoder, pb_utils=pb_utils)
+    return EngineServer(load_engine(settings, encoder), settings.batch_size)  # type: ignore[arg-type]
+
+
+def execute_engine(server: EngineServer, requests: list, pb_utils) -> list:
+    """An engine model's ``execute``: pb_utils requests in, one response per request out."""
+
+    def read(request, name: str) -> np.ndarray | None:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        return None if tensor is None else tensor.as_numpy()
+
+    parsed = [
+        EngineRequest(read(r, "PROMPT"), read(r, "SEED"), read(r, "STEPS"), read(r, "GUIDANCE"))
+        for r in requests
+    ]
+    responses = []
+    for result in server.run(parsed):
+        if isinstance(result, Exception):
+            code = getattr(pb_utils.TritonError, result.triton_code)
+            responses.append(
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code))
+            )
+        else:
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("IMAGE", result)]))
+    return responses
+
+
+def load_bls_server(
+    params: Mapping[str, str],
+    base_dir: str | Path,
+    pb_utils: ModuleType | None = None,
+    encoder: TextEncoder | None = None,
+) -> EngineServer:
+    """The engine server of a GPU-repository engine model, from its Triton ``parameters``.
+
+    Parameters: ``engine_dir`` (config.json of the engine, relative to ``base_dir``),
+    ``batch_size`` (images per UNet call), ``unet_model``, ``unet_inputs`` (comma-separated) and
+    ``unet_max_batch_size``. The engine's weights are not loaded: the UNet model holds them.
+
+    Raises:
+        ConfigError: a parameter is missing or bad, quoting it (a ``ValueError`` too).
+        MissingFileError: the engine's config.json is missing (a ``FileNotFoundError`` too).
+    """
+    for key in ("engine_dir", "unet_model", "unet_inputs", "unet_max_batch_size"):
+        if key not in params:
+            raise ConfigError(f"parameter {key} is missing")
+    settings = ServingConfig.from_parameters(dict(params), base_dir)
+    config_path = Path(settings.engine_dir) / CONFIG_FILE
+    if not config_path.exists():
+        raise MissingFileError(f"engine config missing: {config_path} does not exist")
+    config = EngineConfig.from_dict(json.loads(config_path.read_text()))
+    denoiser = BlsDenoiser(
+        params["unet_model"],
+        [n.strip() for n in params["unet_inputs"].split(",") if n.strip()],
+        int(params["unet_max_batch_size"]),
+        pb_utils,
+    )
+    log.info("engine %s samples through %s", config.name, denoiser.model_name)
+    engine = Engine(config, denoiser, encoder or TextEncoder(TextEncoderConfig()))
+    return EngineServer(engine, settings.batch_size)
+
+
+# --- BLS: calls from one Python model to another ----------------------------------------------
 
 # The UNet model's dtype per input. timestep is one value per row: the Triton config declares it
 # as dims [1] reshaped to [] for the plan, so a request sends it as (B, 1).
@@ -45,24 +161,13 @@ class BlsError(ModelError, RuntimeError):
     """The UNet model failed a BLS request or answered with something unusable."""
 
 
-def _pb_utils(pb_utils: ModuleType | None) -> ModuleType:
-    if pb_utils is not None:
-        return pb_utils
-    import triton_python_backend_utils
-
-    return triton_python_backend_utils
-
-
-def _to_torch(tensor: Any) -> torch.Tensor:
-    """A pb_utils.Tensor (CPU or GPU memory) as a CPU torch tensor that owns its memory."""
-    if hasattr(tensor, "is_cpu") and not tensor.is_cpu():
-        return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu()
-    # A copy: the response's buffer is released once the response object goes.
-    return torch.from_numpy(np.array(tensor.as_numpy(), copy=True))
-
-
 class BlsDenoiser:
     """Denoise callable (torch in, torch out) that runs the UNet in another Triton model.
+
+    In the GPU repository (:func:`t2i_router.triton.repository.build_gpu_repository`) each
+    engine is a Python model that validates, encodes prompts and samples exactly as on the CPU,
+    but whose denoiser sends each UNet call to the ``<engine>_unet`` TensorRT model with
+    ``pb_utils.InferenceRequest(...).exec()``.
 
     Args:
         model_name: the UNet model (``<engine>_unet``).
@@ -159,41 +264,6 @@ class BlsDenoiser:
         return velocity
 
 
-def load_bls_server(
-    params: Mapping[str, str],
-    base_dir: str | Path,
-    pb_utils: ModuleType | None = None,
-    encoder: TextEncoder | None = None,
-) -> EngineServer:
-    """The engine server of a GPU-repository engine model, from its Triton ``parameters``.
-
-    Parameters: ``engine_dir`` (config.json of the engine, relative to ``base_dir``),
-    ``batch_size`` (images per UNet call), ``unet_model``, ``unet_inputs`` (comma-separated) and
-    ``unet_max_batch_size``. The engine's weights are not loaded: the UNet model holds them.
-
-    Raises:
-        ConfigError: a parameter is missing or bad, quoting it (a ``ValueError`` too).
-        MissingFileError: the engine's config.json is missing (a ``FileNotFoundError`` too).
-    """
-    for key in ("engine_dir", "unet_model", "unet_inputs", "unet_max_batch_size"):
-        if key not in params:
-            raise ConfigError(f"parameter {key} is missing")
-    settings = ServingConfig.from_parameters(dict(params), base_dir)
-    config_path = Path(settings.engine_dir) / CONFIG_FILE
-    if not config_path.exists():
-        raise MissingFileError(f"engine config missing: {config_path} does not exist")
-    config = EngineConfig.from_dict(json.loads(config_path.read_text()))
-    denoiser = BlsDenoiser(
-        params["unet_model"],
-        [n.strip() for n in params["unet_inputs"].split(",") if n.strip()],
-        int(params["unet_max_batch_size"]),
-        pb_utils,
-    )
-    log.info("engine %s samples through %s", config.name, denoiser.model_name)
-    engine = Engine(config, denoiser, encoder or TextEncoder(TextEncoderConfig()))
-    return EngineServer(engine, settings.batch_size)
-
-
 class BlsTextEncoder:
     """A :class:`TextEncoder` stand-in that encodes through the ``text_encoder`` Triton model.
 
@@ -228,6 +298,9 @@ class BlsTextEncoder:
             tokens.append(_to_torch(self.pb.get_output_tensor_by_name(response, "TOKENS")).numpy())
             masks.append(_to_torch(self.pb.get_output_tensor_by_name(response, "MASK")).numpy())
         return np.concatenate(tokens), np.concatenate(masks)
+
+
+# --- text_encoder: the shared MiniLM model ----------------------------------------------------
 
 
 def encode_triton(encoder: TextEncoder, requests: list, pb_utils) -> list:
