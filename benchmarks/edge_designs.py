@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from t2i_router.engines import ENGINES, Engine, TextEncoder, UNetConfig
+from t2i_router.engines.config import EDGE_DESIGNS
 from t2i_router.engines.report import (
     gap_report,
     per_level,
@@ -39,7 +40,6 @@ from t2i_router.engines.report import (
     tuning_prompts,
 )
 from t2i_router.engines.training import TrainConfig, Trainer
-from t2i_router.engines.unet import EDGE_DESIGNS
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment
 
 log = logging.getLogger("edge_designs")

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from t2i_router.engines.config import EngineConfig
 from t2i_router.engines.engine import CARD_FILE, Engine, load_denoiser
 from t2i_router.engines.sampler import SAMPLER_LABELS
 from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.engines.training import TrainConfig
-from t2i_router.engines.unet import Denoiser, EngineConfig
+from t2i_router.engines.unet import Denoiser
 from t2i_router.world import (
     ALIGNMENT_ASPECTS,
     ASPECTS,

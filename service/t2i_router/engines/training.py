@@ -14,7 +14,6 @@ curve; tensors on the CPU) and resumes exactly from it.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import copy
 import functools
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from t2i_router.engines.config import EngineConfig
 from t2i_router.engines.engine import Engine, save_engine
 from t2i_router.engines.grounding import (
     MAX_GROUPS,
@@ -43,7 +43,6 @@ from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.engines.unet import (
     CONV_IN_WEIGHT,
     Denoiser,
-    EngineConfig,
     UNetConfig,
     add_position_channels,
     pad_position_inputs,
@@ -218,17 +217,18 @@ def draw_batch(
     )
 
 
-# Render workers keep the pool's specs from their initializer: one copy per process, sent once.
-_worker_args: tuple = ()
+def _render_worker(pairs, cfg: TrainConfig, num_train_timesteps: int, steps, batches) -> None:
+    """A render process: draws the batch of each step it is sent until it is sent None.
 
-
-def _init_worker(pairs, cfg: TrainConfig, num_train_timesteps: int) -> None:
-    global _worker_args
-    _worker_args = (pairs, cfg, num_train_timesteps)
-
-
-def _draw_in_worker(step: int) -> Batch:
-    return draw_batch(*_worker_args, step)
+    The pool's specs come as arguments of the forked process (one copy per worker, never
+    pickled per batch); a failure is sent back as the step's result for the consumer to raise.
+    """
+    for step in iter(steps.get, None):
+        try:
+            result: Batch | BaseException = draw_batch(pairs, cfg, num_train_timesteps, step)
+        except BaseException as e:
+            result = e
+        batches.put((step, result))
 
 
 def batch_stream(
@@ -240,7 +240,8 @@ def batch_stream(
     """Batches of steps ``first_step, first_step + 1, ...``, rendered ahead by ``cfg.data_workers``.
 
     Workers only run NumPy (no torch), so forking them from a process with torch threads is safe;
-    at most two batches per worker are in flight.
+    at most two batches per worker are in flight. Closing the stream (or leaving the loop that
+    drives it) terminates the workers.
     """
     if cfg.data_workers == 0:
         step = first_step
@@ -248,19 +249,34 @@ def batch_stream(
             yield draw_batch(pairs, cfg, num_train_timesteps, step)
             step += 1
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(
-        cfg.data_workers, _init_worker, (pairs, cfg, num_train_timesteps)
-    ) as pool:  # leaving the block terminates the workers, also when the loop stops early
+    steps, batches = ctx.Queue(), ctx.Queue()
+    args = (pairs, cfg, num_train_timesteps, steps, batches)
+    workers = [
+        ctx.Process(target=_render_worker, args=args, daemon=True) for _ in range(cfg.data_workers)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
         ahead = 2 * cfg.data_workers
-        pending = collections.deque(
-            pool.apply_async(_draw_in_worker, (first_step + k,)) for k in range(ahead)
-        )
-        step = first_step + ahead
+        for k in range(ahead):
+            steps.put(first_step + k)
+        done: dict[int, Batch | BaseException] = {}  # results that came back early
+        step = first_step
         while True:
-            batch = pending.popleft().get()
-            pending.append(pool.apply_async(_draw_in_worker, (step,)))
+            while step not in done:
+                finished, result = batches.get()
+                done[finished] = result
+            result = done.pop(step)
+            if isinstance(result, BaseException):
+                raise result
+            steps.put(step + ahead)
             step += 1
-            yield batch
+            yield result
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join()
 
 
 def _to_cpu(state):

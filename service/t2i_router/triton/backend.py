@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from t2i_router.engines.config import EngineConfig
 from t2i_router.engines.engine import CONFIG_FILE, Engine
-from t2i_router.engines.export import INPUT_NAMES, OUTPUT_NAME
+from t2i_router.engines.export import INPUT_DTYPES, INPUT_NAMES, OUTPUT_NAME
 from t2i_router.engines.serving import EngineRequest, EngineServer, ServingConfig, load_engine
 from t2i_router.engines.text_encoder import TextEncoder, TextEncoderConfig
-from t2i_router.engines.unet import EngineConfig
 from t2i_router.errors import ConfigError, MissingFileError, ModelError
 
 log = logging.getLogger(__name__)
@@ -146,14 +146,8 @@ def load_bls_server(
 
 # --- BLS: calls from one Python model to another ----------------------------------------------
 
-# The UNet model's dtype per input. timestep is one value per row: the Triton config declares it
-# as dims [1] reshaped to [] for the plan, so a request sends it as (B, 1).
-INPUT_DTYPES = {
-    "sample": np.float32,
-    "timestep": np.int64,
-    "tokens": np.float32,
-    "mask": np.float32,
-}
+# timestep is one value per row: the Triton config declares it as dims [1] reshaped to [] for the
+# plan, so a request sends it as (B, 1). The dtypes are the ONNX graph's (engines.export).
 ROW_INPUTS = frozenset({"timestep"})
 
 
