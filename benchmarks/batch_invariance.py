@@ -1,6 +1,6 @@
 """Batch invariance, measured: an image made in a batch against the same image made alone.
 
-For each engine and sampler, ``--n`` tuning prompts (``report.tuning_prompts``) are generated in
+For each engine and sampler, ``--n`` tuning prompts (``prompts.tuning_prompts``) are generated in
 one batch and each alone, with the same seeds, steps and guidance; the result is the share of
 uint8 values that differ and the largest difference. It also gives the UNet's own difference:
 one denoiser call on a batch against the same rows one at a time (max |difference| in its
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from t2i_router.engines import Engine
-from t2i_router.engines.report import image_seeds, tuning_prompts
+from t2i_router.engines.prompts import image_seeds, tuning_prompts
 from t2i_router.engines.sampler import SAMPLERS
 
 log = logging.getLogger("batch_invariance")

@@ -264,3 +264,18 @@ def test_the_checks_name_a_cycle_and_a_forbidden_import(tmp_path: Path) -> None:
 def test_each_core_module_exists(core: str) -> None:
     """A renamed core module would silently leave the rule above; fail instead."""
     assert any(_in(name, core) for name in GRAPH), core
+
+
+MAX_LINES = 400
+REASON = "# Over 400 lines on purpose:"
+
+
+def test_a_module_over_400_lines_says_why_at_its_top() -> None:
+    """Split a long module by concern, or give the one-line reason as its first line."""
+    long = {
+        name: n
+        for name, path in package_modules().items()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+        and not path.read_text().startswith(REASON)
+    }
+    assert long == {}, f"over {MAX_LINES} lines without a reason at the top: {long}"

@@ -19,16 +19,12 @@ from t2i_router.engines import (
     load_denoiser,
     save_engine,
 )
+from t2i_router.engines.batches import batch_stream
+from t2i_router.engines.checkpoints import checkpoint_recipe
 from t2i_router.engines.export import OnnxDenoiser, export_onnx
+from t2i_router.engines.recipe import TrainConfig, TrainingError, lr_factor
 from t2i_router.engines.sampler import diffusion_sample, make_scheduler, rescale_guided
-from t2i_router.engines.training import (
-    TrainConfig,
-    Trainer,
-    TrainingError,
-    batch_stream,
-    checkpoint_recipe,
-    lr_factor,
-)
+from t2i_router.engines.training import Trainer
 from t2i_router.engines.unet import add_position_channels, position_maps, tiny_unet_config
 
 TINY = {c: tiny_unet_config(c) for c in ("pooled", "cross_attention")}
@@ -652,7 +648,7 @@ def test_resume_adds_token_positions_and_the_text_transformer_to_a_checkpoint(en
 
 def test_a_run_keeps_the_unet_features_its_checkpoint_has(encoder, tmp_path):
     from t2i_router.cli import UNET_FEATURES
-    from t2i_router.engines.training import UPGRADES, run_engine_config
+    from t2i_router.engines.checkpoints import UPGRADES, run_engine_config
 
     assert UNET_FEATURES == UPGRADES
     plain = replace(TINY["cross_attention"], token_positions=False, text_transformer=False)

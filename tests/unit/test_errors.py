@@ -107,7 +107,7 @@ def test_the_walk_names_an_exception_class_outside_the_root() -> None:
             RuntimeError,
         ),
         (
-            "engines.training.TrainingError",
+            "engines.recipe.TrainingError",
             errors.FailedPrecondition,
             "FAILED_PRECONDITION",
             RuntimeError,

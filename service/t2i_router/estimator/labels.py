@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: the label format's writer and reader, side by side so they agree.
 """Quality labels: every choice's images for a split's prompts, scored by the world's metrics.
 
 ``t2i-router label --split test --prompts 600 --seeds 8 --out data/labels`` writes::
@@ -97,11 +98,7 @@ def split_of(spec: SceneSpec) -> str:
 @functools.cache
 def engine_prompt_texts() -> frozenset[str]:
     """Prompt texts the engines trained on, were tuned on, or are reported on."""
-    from t2i_router.engines.report import (
-        held_out_prompts,
-        training_texts,
-        tuning_prompts,
-    )
+    from t2i_router.engines.prompts import held_out_prompts, training_texts, tuning_prompts
 
     seen = training_texts()
     report = {t for t, _ in held_out_prompts(EXCLUDE_UP_TO, exclude=seen)}
