@@ -1,6 +1,6 @@
 """Batch invariance, measured: an image made in a batch against the same image made alone.
 
-For each engine and sampler, ``--n`` tuning prompts (``report.tuning_prompts``) are generated in
+For each engine and sampler, ``--n`` tuning prompts (``prompts.tuning_prompts``) are generated in
 one batch and each alone, with the same seeds, steps and guidance; the result is the share of
 uint8 values that differ, the largest difference, and whether that is within the claim
 (``t2i_router.engines.invariance``: at most 1 gray level on at most 0.1% of values, the rule
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from t2i_router.engines import Engine, invariance
-from t2i_router.engines.report import image_seeds, tuning_prompts
+from t2i_router.engines.prompts import image_seeds, tuning_prompts
 from t2i_router.engines.sampler import SAMPLERS
 
 log = logging.getLogger("batch_invariance")

@@ -2,7 +2,7 @@
 
 Scores two sets of weights of one engine (by default: the committed ones at a git revision
 against those in ``models/<engine>/`` now) on the same tuning prompts and seeds
-(``report.tuning_prompts``: never training prompts nor the report's), both sampled the same way
+(``prompts.tuning_prompts``: never training prompts nor the report's), both sampled the same way
 (the candidate's default sampler, steps and guidance, or ``--sampler``), with the report's
 metrics and composition controls. The difference per complexity
 level comes with its paired standard error over prompts, so a change can be told from seed and
@@ -28,15 +28,14 @@ from sampling_sweep import weights_id
 
 from t2i_router.engines import Engine
 from t2i_router.engines.engine import CONFIG_FILE, WEIGHTS_FILE
+from t2i_router.engines.prompts import TUNING_SEED, tuning_prompts
 from t2i_router.engines.report import (
     CONTROLS,
-    TUNING_SEED,
     control_table,
     controls_summary,
     onnx_engine,
     per_level,
     score_engine,
-    tuning_prompts,
 )
 from t2i_router.engines.sampler import SAMPLER_LABELS, SAMPLERS
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment

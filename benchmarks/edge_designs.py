@@ -3,7 +3,7 @@
 Real edge models lose most on compositional prompts because their text conditioning is weaker
 (DESIGN, "Engines"). This trains each candidate edge UNet for the same number of steps with the
 engines' recipe, then scores it and the committed cloud engine on held-out tuning prompts
-(``report.tuning_prompts``: never the ones ``t2i-router engines report`` measures; same seeds
+(``prompts.tuning_prompts``: never the ones ``t2i-router engines report`` measures; same seeds
 and metrics as the report):
 
 - ``pooled``: the pooled prompt embedding added to the time embedding, no cross-attention
@@ -32,14 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from t2i_router.engines import ENGINES, Engine, TextEncoder, UNetConfig
-from t2i_router.engines.report import (
-    gap_report,
-    per_level,
-    score_engine,
-    tuning_prompts,
-)
-from t2i_router.engines.training import TrainConfig, Trainer
-from t2i_router.engines.unet import EDGE_DESIGNS
+from t2i_router.engines.config import EDGE_DESIGNS
+from t2i_router.engines.prompts import tuning_prompts
+from t2i_router.engines.recipe import TrainConfig
+from t2i_router.engines.report import gap_report, per_level, score_engine
+from t2i_router.engines.training import Trainer
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment
 
 log = logging.getLogger("edge_designs")

@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from t2i_router.engines import Engine
 from t2i_router.engines.grounding import AttentionMaps, grounding_loss, group_token_masks
-from t2i_router.engines.report import TUNING_SEED, image_seeds, onnx_engine, tuning_prompts
+from t2i_router.engines.prompts import TUNING_SEED, image_seeds, tuning_prompts
+from t2i_router.engines.report import onnx_engine
 from t2i_router.engines.sampler import diffusion_sample, make_scheduler
 from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.world import ASPECTS, IMAGE_SIZE, render, score_images

@@ -1,7 +1,7 @@
 """Sampling sweep: an engine's quality and cost over sampler x steps x guidance scale.
 
 Backs each engine's default steps and guidance (EngineConfig.default_steps/default_guidance):
-it scores the committed engine on held-out tuning prompts (``report.tuning_prompts``: neither
+it scores the committed engine on held-out tuning prompts (``prompts.tuning_prompts``: neither
 training prompts nor the ones ``t2i-router engines report`` measures, so no default is chosen on
 the report's own prompts; same seeds and metrics as the report) at every combination, and times
 the generation. Each finished setting is written at once; ``--resume`` skips those already written.
@@ -29,9 +29,10 @@ import torch
 
 from t2i_router.engines import Engine
 from t2i_router.engines.engine import WEIGHTS_FILE
-from t2i_router.engines.report import TUNING_SEED, image_seeds, per_level, tuning_prompts
+from t2i_router.engines.prompts import TUNING_SEED, image_seeds, tuning_prompts
+from t2i_router.engines.recipe import STATE_FILE
+from t2i_router.engines.report import per_level
 from t2i_router.engines.sampler import SAMPLERS
-from t2i_router.engines.training import STATE_FILE
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, score_images
 
 log = logging.getLogger("sampling_sweep")

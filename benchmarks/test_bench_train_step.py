@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from t2i_router.engines import ENGINES, Denoiser, UNetConfig
-from t2i_router.engines.unet import EDGE_DESIGNS
+from t2i_router.engines.config import EDGE_DESIGNS
 
 DESIGNS = {
     "edge_pooled": EDGE_DESIGNS["pooled"],

@@ -13,7 +13,8 @@ import torch
 
 from t2i_router.engines import Denoiser, Engine, EngineConfig, save_engine
 from t2i_router.engines.engine import WEIGHTS_FILE
-from t2i_router.engines.report import per_level, score_engine, tuning_prompts
+from t2i_router.engines.prompts import tuning_prompts
+from t2i_router.engines.report import per_level, score_engine
 from t2i_router.engines.unet import TINY_ENGINE_UNETS
 from t2i_router.world import mean_alignment
 

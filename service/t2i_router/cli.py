@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: one argparse tree of thin world and engines commands.
 """The ``t2i-router`` command line.
 
 Every failure the user can cause (a bad prompt, a missing file) is a
@@ -149,20 +150,15 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 DEFAULT_MODELS_DIR = "models"
-# engines.training.UPGRADES, named here so that parsing arguments does not import torch
+# engines.checkpoints.UPGRADES, named here so that parsing arguments does not import torch
 UNET_FEATURES = ("position_channels", "token_positions", "text_transformer")
 
 
 def cmd_engines_train(args: argparse.Namespace) -> None:
     from t2i_router.engines import ENGINES
-    from t2i_router.engines.training import (
-        STATE_FILE,
-        TrainConfig,
-        Trainer,
-        TrainingError,
-        checkpoint_recipe,
-        run_engine_config,
-    )
+    from t2i_router.engines.checkpoints import checkpoint_recipe, run_engine_config
+    from t2i_router.engines.recipe import STATE_FILE, TrainConfig, TrainingError
+    from t2i_router.engines.training import Trainer
 
     out_dir = Path(args.models_dir) / args.engine
     # Flags left out are None: a fresh run takes the recipe's defaults, a resumed one keeps
@@ -280,7 +276,7 @@ def cmd_engines_report(args: argparse.Namespace) -> None:
 
 
 def cmd_engines_card(args: argparse.Namespace) -> None:
-    from t2i_router.engines.report import write_model_card
+    from t2i_router.engines.card import write_model_card
 
     card = write_model_card(Path(args.models_dir) / args.engine)
     print(json.dumps({"engine": card["name"], "cost": card["cost"]}))

@@ -234,7 +234,7 @@ def test_port_in_use_is_recognised_in_tritons_log(
 ) -> None:
     # Another process may take a port between our check and Triton's bind; skipping the check
     # reproduces that. HTTP binds after gRPC is already up, the case a gRPC-only probe misses.
-    monkeypatch.setattr(server_module, "_check_port_free", lambda host, port: None)
+    monkeypatch.setattr(server_module, "check_port_free", lambda host, port: None)
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()

@@ -20,18 +20,14 @@ from t2i_router.engines import (
     load_denoiser,
     save_engine,
 )
+from t2i_router.engines.batches import batch_stream
+from t2i_router.engines.checkpoints import checkpoint_recipe
 from t2i_router.engines.export import OnnxDenoiser, export_onnx
 from t2i_router.engines.invariance import assert_same_images, image_difference
+from t2i_router.engines.recipe import TrainConfig, TrainingError, lr_factor
 from t2i_router.engines.sampler import diffusion_sample, make_scheduler, rescale_guided
 from t2i_router.engines.serving import ensure_onnx
-from t2i_router.engines.training import (
-    TrainConfig,
-    Trainer,
-    TrainingError,
-    batch_stream,
-    checkpoint_recipe,
-    lr_factor,
-)
+from t2i_router.engines.training import Trainer
 from t2i_router.engines.unet import add_position_channels, position_maps, tiny_unet_config
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -507,6 +503,15 @@ def test_engine_server_answers_each_request_alone(tiny_engine):
     assert isinstance(results[1], BadRequest)  # its own error, not the batch's
 
 
+def test_engine_loader_needs_the_encoder_of_a_named_text_encoder_model(tmp_path):
+    """engines/ builds no Triton encoder itself: triton.backend injects the BLS one."""
+    from t2i_router.engines.serving import ServingConfig, load_engine
+
+    settings = ServingConfig(engine_dir=str(tmp_path), text_encoder="text_encoder")
+    with pytest.raises(ValueError, match="'text_encoder'"):
+        load_engine(settings)
+
+
 def test_lr_factor_warms_up_holds_and_decays_when_asked():
     flat = TrainConfig(warmup_steps=10)
     assert lr_factor(flat, 0) == pytest.approx(0.1)
@@ -691,7 +696,7 @@ def test_resume_adds_token_positions_and_the_text_transformer_to_a_checkpoint(en
 
 def test_a_run_keeps_the_unet_features_its_checkpoint_has(encoder, tmp_path):
     from t2i_router.cli import UNET_FEATURES
-    from t2i_router.engines.training import UPGRADES, run_engine_config
+    from t2i_router.engines.checkpoints import UPGRADES, run_engine_config
 
     assert UNET_FEATURES == UPGRADES
     plain = replace(TINY["cross_attention"], token_positions=False, text_transformer=False)

@@ -11,24 +11,23 @@ import torch
 
 from t2i_router.cli import main
 from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, save_engine
-from t2i_router.engines.report import (
-    CURVE_FILE,
+from t2i_router.engines.card import CURVE_FILE, _card_markdown, learning_curve_plot, measure_cost
+from t2i_router.engines.prompts import (
     REPORT_MAX_N,
     REPORT_SEED,
-    _card_markdown,
+    held_out_prompts,
+    training_texts,
+    tuning_prompts,
+)
+from t2i_router.engines.report import (
     aspect_table,
     aspects_by_level,
     control_scores,
     control_table,
     controls_summary,
     gap_report,
-    held_out_prompts,
-    learning_curve_plot,
-    measure_cost,
     quality_report,
     score_engine,
-    training_texts,
-    tuning_prompts,
 )
 from t2i_router.engines.unet import TINY_ENGINE_UNETS
 from t2i_router.world import COMPLEXITY_LEVELS, render, sample_prompts

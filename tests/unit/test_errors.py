@@ -59,7 +59,7 @@ def _classes_outside_the_root(module: types.ModuleType) -> list[str]:
 
 def test_the_walk_finds_the_modules_that_define_errors() -> None:
     names = _package_modules()
-    for name in ("t2i_router.cli", "t2i_router.engines.bls", "t2i_router.triton.server"):
+    for name in ("t2i_router.cli", "t2i_router.triton.backend", "t2i_router.triton.server"):
         assert name in names
 
 
@@ -98,7 +98,7 @@ def test_the_walk_names_an_exception_class_outside_the_root() -> None:
         ("engines.sampler.SamplingError", errors.InvalidRequest, "INVALID_ARGUMENT", ValueError),
         ("engines.serving.BadRequest", errors.InvalidRequest, "INVALID_ARGUMENT", ValueError),
         ("engines.serving.EngineFailure", errors.ModelError, "INTERNAL", RuntimeError),
-        ("engines.bls.BlsError", errors.ModelError, "INTERNAL", RuntimeError),
+        ("triton.backend.BlsError", errors.ModelError, "INTERNAL", RuntimeError),
         ("engines.tensorrt.TensorRTError", errors.ModelError, "INTERNAL", RuntimeError),
         (
             "engines.tensorrt.TensorRTUnavailable",
@@ -107,7 +107,7 @@ def test_the_walk_names_an_exception_class_outside_the_root() -> None:
             RuntimeError,
         ),
         (
-            "engines.training.TrainingError",
+            "engines.recipe.TrainingError",
             errors.FailedPrecondition,
             "FAILED_PRECONDITION",
             RuntimeError,

@@ -33,8 +33,8 @@ def test_the_core_imports_neither_torch_grpc_tritonclient_nor_matplotlib() -> No
         "print(sorted(m for m in ('torch', 'grpc', 'tritonclient', 'matplotlib') "
         "if m in sys.modules))"
     )
-    # The same package as this process imported, whatever the interpreter would find first.
-    env = {**os.environ, "PYTHONPATH": str(Path(ev.__file__).parents[2])}
+    # The same package as this process imported (service/, above t2i_router/estimator/evaluation/).
+    env = {**os.environ, "PYTHONPATH": str(Path(ev.__file__).parents[3])}
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
     )

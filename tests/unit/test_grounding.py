@@ -16,7 +16,8 @@ from t2i_router.engines.grounding import (
     group_token_masks,
     group_word_spans,
 )
-from t2i_router.engines.training import TrainConfig, Trainer, TrainingError
+from t2i_router.engines.recipe import TrainConfig, TrainingError
+from t2i_router.engines.training import Trainer
 from t2i_router.engines.unet import tiny_unet_config
 from t2i_router.world import parse_prompt, render, sample_prompts
 from t2i_router.world.renderer import render_with_masks

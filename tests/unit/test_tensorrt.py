@@ -22,7 +22,6 @@ from tritonclient.grpc import model_config_pb2
 
 from t2i_router.cli import main
 from t2i_router.engines import Denoiser, Engine, EngineConfig, TextEncoder, save_engine
-from t2i_router.engines.bls import BlsDenoiser, BlsError, load_bls_server
 from t2i_router.engines.export import ONNX_FILE, export_onnx
 from t2i_router.engines.invariance import assert_same_images
 from t2i_router.engines.serving import EngineRequest
@@ -33,6 +32,7 @@ from t2i_router.engines.tensorrt import (
     build_engine,
 )
 from t2i_router.engines.unet import TINY_ENGINE_UNETS
+from t2i_router.triton.backend import BlsDenoiser, BlsError, load_bls_server
 from t2i_router.triton.repository import (
     GPU_BLS_TEMPLATE,
     EngineModelSettings,

@@ -13,15 +13,13 @@ from tritonclient.grpc import model_config_pb2
 
 from t2i_router.errors import PortInUseError
 from t2i_router.triton import TritonServerConfig
-from t2i_router.triton.server import (
-    _PORT_IN_USE_RE,
-    _check_port_free,
-    _pick_free_ports,
+from t2i_router.triton.launch.environment import triton_environment
+from t2i_router.triton.launch.logs import PORT_IN_USE_RE, read_log_tail
+from t2i_router.triton.launch.ports import check_port_free, pick_free_ports
+from t2i_router.triton.launch.process import (
     is_process_alive,
     process_group_members,
-    read_log_tail,
     terminate_process_group,
-    triton_environment,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,16 +49,16 @@ def test_port_check_names_a_port_held_by_a_listener() -> None:
         holder.listen()
         port = holder.getsockname()[1]
         with pytest.raises(PortInUseError, match=str(port)) as excinfo:
-            _check_port_free("127.0.0.1", port)
+            check_port_free("127.0.0.1", port)
     assert excinfo.value.port == port
-    _check_port_free("127.0.0.1", port)  # free again once the holder closed
+    check_port_free("127.0.0.1", port)  # free again once the holder closed
 
 
 def test_free_ports_are_distinct_and_bindable() -> None:
-    ports = _pick_free_ports("127.0.0.1", 3)
+    ports = pick_free_ports("127.0.0.1", 3)
     assert len(set(ports)) == 3 and 0 not in ports
     for port in ports:
-        _check_port_free("127.0.0.1", port)
+        check_port_free("127.0.0.1", port)
 
 
 def test_port_in_use_lines_of_triton_are_recognised() -> None:
@@ -71,7 +69,7 @@ def test_port_in_use_lines_of_triton_are_recognised() -> None:
         ("E1122 00:13:26.995417 5233 main.cc:257] \"failed to start HTTP service: Unavailable - "
          "Socket '127.0.0.1:55397' already in use \"", 55397),
     ]:  # fmt: skip
-        match = _PORT_IN_USE_RE.search(line)
+        match = PORT_IN_USE_RE.search(line)
         assert match is not None and int(match.group(1)) == port
 
 

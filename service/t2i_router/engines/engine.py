@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from t2i_router.engines.config import EngineConfig
 from t2i_router.engines.sampler import DenoiseFn, SamplingError, check_sampling, diffusion_sample
 from t2i_router.engines.text_encoder import TextEncoder
-from t2i_router.engines.unet import Denoiser, EngineConfig
+from t2i_router.engines.unet import Denoiser
 from t2i_router.errors import MissingFileError
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
 INPUT_NAMES = ("sample", "timestep", "tokens", "mask")
 OUTPUT_NAME = "velocity"
+# The graph's dtype per input (the one table: ONNX Runtime feeds and Triton BLS requests use it).
+INPUT_DTYPES: dict[str, type[np.generic]] = {
+    "sample": np.float32,
+    "timestep": np.int64,
+    "tokens": np.float32,
+    "mask": np.float32,
+}
 OPSET = 18
 
 
@@ -90,12 +97,11 @@ class OnnxDenoiser:
         tokens: torch.Tensor,
         mask: torch.Tensor,
     ) -> torch.Tensor:
+        given = {"sample": sample, "timestep": timestep, "tokens": tokens, "mask": mask}
         feeds = {
-            "sample": sample.numpy().astype(np.float32, copy=False),
-            "timestep": timestep.numpy().astype(np.int64, copy=False),
-            "tokens": tokens.numpy().astype(np.float32, copy=False),
-            "mask": mask.numpy().astype(np.float32, copy=False),
+            name: given[name].numpy().astype(INPUT_DTYPES[name], copy=False)
+            for name in INPUT_NAMES
+            if name in self.input_names
         }
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         (out,) = self.session.run([OUTPUT_NAME], feeds)
         return torch.from_numpy(out)

@@ -1,14 +1,13 @@
-"""Measure the engines: quality per complexity (the routing gap), cost, and model cards.
+"""Measure the engines: quality per complexity (the routing gap) and composition controls.
 
 ``t2i-router engines report`` writes ``docs/engines_report.json``, a per-complexity table in
 ``docs/engines_report.md`` and a grid ``docs/engines_report.png`` (rows: ground truth, edge,
-cloud). ``t2i-router engines card`` measures each engine's cost and writes its model card.
+cloud). The prompts it scores are chosen in :mod:`t2i_router.engines.prompts`; model cards
+(cost, learning curve) are :mod:`t2i_router.engines.card`'s.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -17,35 +16,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from t2i_router.engines.engine import CARD_FILE, Engine, load_denoiser
-from t2i_router.engines.sampler import SAMPLER_LABELS
+from t2i_router.engines.config import EngineConfig
+from t2i_router.engines.engine import Engine
+from t2i_router.engines.prompts import REPORT_SEED, held_out_prompts, image_seeds, training_texts
 from t2i_router.engines.text_encoder import TextEncoder
-from t2i_router.engines.training import TrainConfig
-from t2i_router.engines.unet import Denoiser, EngineConfig
+from t2i_router.engines.unet import Denoiser
 from t2i_router.world import (
     ALIGNMENT_ASPECTS,
     ASPECTS,
     COMPLEXITY_LEVELS,
     mean_alignment,
     render,
-    sample_prompts,
     score_images,
 )
 from t2i_router.world.spec import SceneSpec, opposite_relation, swapped_shapes
 
 log = logging.getLogger(__name__)
-
-REPORT_SEED = 999_000  # a sampler seed never used for training data (training: data_seed 1000)
-# Prompts for choosing settings (sampling sweeps, design trials), so that no default is tuned on
-# the prompts the report then measures it with.
-TUNING_SEED = 998_000
-REPORT_MAX_N = 2000  # tuning prompts avoid the report's prompts for any --n up to this
-
-
-def training_texts(train_cfg: TrainConfig | None = None) -> set[str]:
-    """The prompt texts an engine trained with ``train_cfg`` (default: the recipe) has seen."""
-    cfg = train_cfg or TrainConfig()
-    return {t for t, _ in sample_prompts(cfg.prompt_pool, seed=cfg.data_seed)}
 
 
 def per_level(values: np.ndarray, levels: np.ndarray) -> dict[str, float]:
@@ -53,41 +39,6 @@ def per_level(values: np.ndarray, levels: np.ndarray) -> dict[str, float]:
     out = {lv: round(float(values[levels == lv].mean()), 4) for lv in COMPLEXITY_LEVELS}
     out["all"] = round(float(values.mean()), 4)
     return out
-
-
-def held_out_prompts(
-    n: int, seed: int = REPORT_SEED, exclude: set[str] | frozenset[str] = frozenset()
-) -> list[tuple[str, object]]:
-    """``n`` prompts balanced over complexity, none of whose texts is in ``exclude``.
-
-    The world is small: a fresh seed alone repeats about one simple prompt in ten of the
-    training pool word for word, so the report excludes the training texts explicitly.
-    """
-    each = max(1, n // len(COMPLEXITY_LEVELS))
-    pairs: list[tuple[str, object]] = []
-    for i, lv in enumerate(COMPLEXITY_LEVELS):
-        fresh = [
-            p for p in sample_prompts(4 * each, seed=seed + i, complexity=lv) if p[0] not in exclude
-        ]
-        if len(fresh) < each:
-            raise ValueError(f"only {len(fresh)} {lv} prompts outside the excluded texts")
-        pairs += fresh[:each]
-    return pairs
-
-
-def tuning_prompts(
-    n: int, seed: int = TUNING_SEED, train_cfg: TrainConfig | None = None
-) -> list[tuple[str, object]]:
-    """``n`` prompts for tuning: neither training prompts nor any the report scores.
-
-    The report's prompts for a smaller ``n`` are a prefix of those for a larger one (the sampler
-    draws in sequence), so excluding the report's prompts at ``REPORT_MAX_N`` excludes them all.
-    """
-    if seed == REPORT_SEED:
-        raise ValueError(f"seed is {seed}, the report's own; tuning needs prompts it never scores")
-    seen = training_texts(train_cfg)
-    report = {t for t, _ in held_out_prompts(REPORT_MAX_N, exclude=seen)}
-    return held_out_prompts(n, seed, exclude=seen | report)
 
 
 # Composition controls: (aspect, counterfactual spec). An engine follows the composition when
@@ -115,12 +66,6 @@ def control_scores(images: np.ndarray, specs: Sequence[SceneSpec]) -> dict[str, 
             rows[idx, 1] = score_images(sub, [cf[i] for i in idx])[:, col]
         out[name] = rows
     return out
-
-
-def image_seeds(k: int, n: int) -> list[int]:
-    """The seeds of the ``k``-th image of ``n`` prompts: ``k * 1_000_003 + i`` for prompt ``i``,
-    the same for every engine, so engines and settings are compared on the same noise."""
-    return [k * 1_000_003 + i for i in range(n)]
 
 
 def score_engine(
@@ -321,214 +266,11 @@ def report_grid(
     return path
 
 
-CURVE_FILE = "learning_curve.png"
-
-
-def learning_curve_plot(
-    curve: Sequence[dict], recipe_changes: Sequence[dict], path: Path, title: str
-) -> Path:
-    """PNG: mean alignment per complexity level (and over all) against training step.
-
-    Dashed vertical lines mark the steps where the recipe changed on resume (a final phase,
-    a restarted decay), dotted ones where the sampling an entry was measured with differs from
-    the entry before (a new default), so that a jump in the curve can be read against its cause.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [e["step"] for e in curve]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for level in (*COMPLEXITY_LEVELS, "all"):
-        ax.plot(
-            steps,
-            [e["mean_alignment"][level] for e in curve],
-            marker="o",
-            markersize=3,
-            linewidth=2.4 if level == "all" else 1.2,
-            color="black" if level == "all" else None,
-            label=level,
-        )
-    for i, change in enumerate(recipe_changes):
-        ax.axvline(
-            change["step"],
-            color="gray",
-            linestyle="--",
-            linewidth=0.8,
-            label="recipe changed" if i == 0 else None,
-        )
-    changed = [
-        (a["step"] + b["step"]) / 2
-        for a, b in itertools.pairwise(curve)
-        if a.get("sampling") != b.get("sampling")
-    ]
-    for i, step in enumerate(changed):
-        ax.axvline(
-            step,
-            color="tab:blue",
-            linestyle=":",
-            linewidth=1.0,
-            label="sampling changed" if i == 0 else None,
-        )
-    ax.set_xlabel("training step")
-    ax.set_ylabel("mean alignment (held-out eval prompts)")
-    ax.set_ylim(0.0, 1.0)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncols=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def measure_cost(engine: Engine, repeats: int = 3) -> dict:
-    """FLOPs per image at the default steps (guided: two UNet passes per step) and latency."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = engine.denoise
-    cfg = engine.config
-    x = torch.randn(1, 3, 32, 32)
-    t = torch.full((1,), 500, dtype=torch.int64)
-    tokens = torch.randn(1, 24, 384)
-    mask = torch.ones(1, 24)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, t, tokens, mask)
-    unet_flops = counter.get_total_flops()
-    passes = 1 if cfg.default_guidance == 1.0 else 2
-    out = {
-        "default_steps": cfg.default_steps,
-        "unet_flops_per_pass": int(unet_flops),
-        # guidance runs the UNet twice per step, once at exactly 1 (sampler.diffusion_sample)
-        "unet_passes_per_step": passes,
-        "flops_per_image": int(unet_flops * passes * cfg.default_steps),
-        "latency_s_per_image": {},
-    }
-    prompts = [t for t, _ in sample_prompts(32, seed=5)]
-    for batch in (1, 32):
-        engine.generate(prompts[:batch], list(range(batch)))  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            engine.generate(prompts[:batch], list(range(batch)))
-            best = min(best, time.perf_counter() - t0)
-        out["latency_s_per_image"][f"batch_{batch}"] = round(best / batch, 4)
-    out["threads"] = torch.get_num_threads()
-    return out
-
-
-def write_model_card(engine_dir: Path, encoder: TextEncoder | None = None) -> dict:
-    """Measure cost and write ``model_card.json`` + ``MODEL_CARD.md`` from the training state."""
-    model, config = load_denoiser(engine_dir)
-    engine = Engine(config, model, encoder)
-    state_path = engine_dir / "train_state.pt"
-    train = {}
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False, map_location="cpu")
-        train = {
-            "steps": state["step"],
-            "train_minutes": round(state["train_seconds"] / 60.0, 1),
-            "data_seed": state["train"]["data_seed"],
-            "batch_size": state["train"]["batch_size"],
-            "final_loss_ema": state["loss_ema"],
-            "learning_curve": state["curve"],
-            "recipe": state["train"],
-            "recipe_changes": state.get("recipe_changes", []),
-        }
-    card = {
-        "name": config.name,
-        "config": config.to_dict(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "training": train,
-        "cost": measure_cost(engine),
-    }
-    if train.get("learning_curve"):
-        learning_curve_plot(
-            train["learning_curve"],
-            train["recipe_changes"],
-            engine_dir / CURVE_FILE,
-            f"{config.name}: learning curve ({train['steps']:,} steps)",
-        )
-    (engine_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-    (engine_dir / "MODEL_CARD.md").write_text(_card_markdown(card))
-    return card
-
-
-def _sampling_note(config: dict) -> str:
-    if config["default_guidance"] == 1.0:
-        return " (the conditional prediction alone: one UNet pass per step)"
-    if config.get("guidance_rescale"):
-        return f", guidance rescale {config['guidance_rescale']}"
-    return ""
-
-
-def _card_markdown(card: dict) -> str:
-    tr = card["training"]
-    cost = card["cost"]
-    lines = [
-        f"# {card['name']}",
-        "",
-        f"Pixel-space text-to-image diffusion UNet (32x32 RGB), {card['parameters']:,} parameters, "
-        f"conditioning `{card['config']['unet']['conditioning']}`, channels "
-        f"{card['config']['unet']['block_out_channels']}"
-        f"{', x/y position channels' if card['config']['unet'].get('position_channels') else ''}"
-        f"{', token positions' if card['config']['unet'].get('token_positions') else ''}"
-        ". Trained here on rendered scenes of the "
-        "miniature world with `t2i-router engines train`.",
-        "",
-        f"- steps trained: {tr.get('steps', 0)} (batch {tr.get('batch_size', '-')}), "
-        f"{tr.get('train_minutes', 0)} training minutes, data seed {tr.get('data_seed', '-')}",
-        f"- final loss (EMA): {tr.get('final_loss_ema')}",
-        *(
-            f"- from step {c['step']}: "
-            + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in c["changes"].items())
-            for c in tr.get("recipe_changes", [])
-        ),
-        f"- default sampling: {SAMPLER_LABELS[card['config'].get('sampler', 'ddim')]} "
-        f"{card['config']['default_steps']} steps, guidance "
-        f"{card['config']['default_guidance']}{_sampling_note(card['config'])}",
-        f"- cost: {cost['flops_per_image'] / 1e9:.2f} GFLOPs per image; latency per image "
-        f"{cost['latency_s_per_image']['batch_1']} s at batch 1, "
-        f"{cost['latency_s_per_image']['batch_32']} s at batch 32 ({cost['threads']} threads)",
-        "",
-        "## Learning curve (mean alignment on fixed held-out prompts)",
-        "",
-        *([f"![learning curve]({CURVE_FILE})", ""] if tr.get("learning_curve") else []),
-        "| step | minutes | loss | steps / guidance | "
-        + " | ".join(COMPLEXITY_LEVELS)
-        + " | all |",
-        "|---" * (5 + len(COMPLEXITY_LEVELS)) + "|",
-    ]
-    unrecorded = False
-    for e in tr.get("learning_curve", []):
-        q = e["mean_alignment"]
-        sampling = e.get("sampling")
-        unrecorded |= sampling is None
-        how = "*" if sampling is None else f"{sampling['steps']} / {sampling['guidance']}"
-        if sampling is not None and sampling.get("sampler", "ddim") != "ddim":
-            how += f", {SAMPLER_LABELS[sampling['sampler']]}"
-        lines.append(
-            f"| {e['step']} | {e['train_minutes']} | {e['loss_ema']} | {how} | "
-            + " | ".join(f"{q[lv]:.3f}" for lv in COMPLEXITY_LEVELS)
-            + f" | {q['all']:.3f} |"
-        )
-    if unrecorded:
-        lines += [
-            "",
-            "\\* measured with the engine's default sampling of the time, which the entry did not"
-            " record (it may differ from today's default above).",
-        ]
-    lines += ["", "Regenerate: `t2i-router engines card " + card["name"] + "`.", ""]
-    return "\n".join(lines)
-
-
 def onnx_engine(engine: Engine, workdir: str | Path) -> Engine:
     """The same engine with its UNet exported to ``workdir`` and run by ONNX Runtime."""
-    from t2i_router.engines.export import OnnxDenoiser, export_onnx
+    from t2i_router.engines.export import ONNX_FILE, OnnxDenoiser, export_onnx
 
-    path = export_onnx(engine.denoise, Path(workdir) / "model.onnx")
+    path = export_onnx(engine.denoise, Path(workdir) / ONNX_FILE)
     return Engine(engine.config, OnnxDenoiser(path), engine.encoder)
 
 

@@ -1,9 +1,14 @@
 """Serve an engine to batched requests: validate each, run the valid ones together, split back.
 
-This is what a Triton ``model.py`` delegates to (it only converts tensors): each request is
-one or more rows of PROMPT/SEED and optional STEPS/GUIDANCE; a bad request gets its own error
-while the rest of its batch is served; prompts of all valid requests are encoded once and
-images that share a step count share UNet calls.
+This is what a Triton ``model.py`` delegates to, through :mod:`t2i_router.triton.backend`
+(which alone converts ``pb_utils`` tensors): each request is one or more rows of PROMPT/SEED
+and optional STEPS/GUIDANCE; a bad request gets its own error while the rest of its batch is
+served; prompts of all valid requests are encoded once and images that share a step count
+share UNet calls.
+
+Nothing here knows Triton: :class:`EngineServer` runs an :class:`Engine` injected with its
+denoiser (torch, ONNX Runtime, or the backend's BLS denoiser) and its text encoder (inline
+MiniLM, or the backend's BLS encoder), so it is tested in-process.
 """
 
 from __future__ import annotations
@@ -99,18 +104,22 @@ def ensure_onnx(engine_dir: str | Path) -> Path:
     return onnx_path
 
 
-def load_engine(cfg: ServingConfig, encoder: TextEncoder | None = None, pb_utils=None) -> Engine:
-    """The engine a Triton model serves; ``pb_utils`` is needed for a BLS text encoder.
+def load_engine(cfg: ServingConfig, encoder: TextEncoder | None = None) -> Engine:
+    """The engine a Triton model serves, with the given text encoder (inline MiniLM if None).
 
     With the torch runtime, a nonzero ``cfg.threads`` calls ``torch.set_num_threads``, which is
     process-wide: every torch call in the process runs on that many threads from then on (one
     engine per Triton model process, so there it is the engine's own setting).
-    """
-    model, config = load_denoiser(cfg.engine_dir)
-    if encoder is None and cfg.text_encoder != "inline":
-        from t2i_router.engines.bls import BlsTextEncoder
 
-        encoder = BlsTextEncoder(cfg.text_encoder, pb_utils=pb_utils)  # type: ignore[assignment]
+    Raises:
+        ConfigError: ``cfg.text_encoder`` names a Triton model but no encoder was passed (the
+            backend builds the one that calls it).
+    """
+    if encoder is None and cfg.text_encoder != "inline":
+        raise ConfigError(
+            f"text_encoder is {cfg.text_encoder!r}: pass the encoder that calls that model"
+        )
+    model, config = load_denoiser(cfg.engine_dir)
     encoder = encoder or TextEncoder(TextEncoderConfig())
     if cfg.runtime == "torch":
         if cfg.threads:
@@ -144,7 +153,13 @@ def _decode(prompt: bytes | str) -> str:
 
 
 class EngineServer:
-    """Validate and run batches of :class:`EngineRequest` on one engine."""
+    """Validate and run batches of :class:`EngineRequest` on one engine.
+
+    Args:
+        engine: the engine, already holding its denoiser and text encoder (any callable
+            ``(sample, timestep, tokens, mask) -> velocity`` and anything with ``encode``).
+        batch_size: images per UNet call.
+    """
 
     def __init__(self, engine: Engine, batch_size: int = 64) -> None:
         self.engine = engine
@@ -198,29 +213,3 @@ class EngineServer:
             for i in set(owners):
                 results[i] = images[owners_a == i]
         return results  # type: ignore[return-value]
-
-
-def execute_triton(server: EngineServer, requests: list, pb_utils) -> list:
-    """A Triton Python model's ``execute``: pb_utils requests in, one response per request out.
-
-    ``pb_utils`` is ``triton_python_backend_utils`` (passed in: it exists only inside Triton).
-    """
-
-    def read(request, name: str) -> np.ndarray | None:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        return None if tensor is None else tensor.as_numpy()
-
-    parsed = [
-        EngineRequest(read(r, "PROMPT"), read(r, "SEED"), read(r, "STEPS"), read(r, "GUIDANCE"))
-        for r in requests
-    ]
-    responses = []
-    for result in server.run(parsed):
-        if isinstance(result, Exception):
-            code = getattr(pb_utils.TritonError, result.triton_code)
-            responses.append(
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code))
-            )
-        else:
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("IMAGE", result)]))
-    return responses

@@ -1,327 +1,50 @@
-"""Train an engine on scenes the world samples and renders on the fly.
+"""Train an engine on scenes the world samples and renders on the fly: the :class:`Trainer`.
 
-Recipe (DESIGN, "Engines"): DDPM 1000 steps, cosine schedule, v-prediction, AdamW, linear
-warm-up, gradient clipping, EMA weights, the prompt dropped to the empty prompt 10% of the time
-so that classifier-free guidance works. Prompts come from a fixed pool (encoded once and cached),
-each drawn with a fresh random layout, so no two training images repeat.
-
-Every random draw of step ``s`` (prompts, layouts, text dropout, noise, timesteps) comes from a
-generator seeded by ``(data_seed, s)`` and is made in NumPy on the CPU, so a step's batch is the
-same whatever the device, the number of render workers, or where a run was resumed. A run
-checkpoints every few minutes into ``train_state.pt`` (model, EMA, optimizer, schedule, learning
-curve; tensors on the CPU) and resumes exactly from it.
+The recipe is :mod:`t2i_router.engines.recipe`'s, each step's batch
+:mod:`t2i_router.engines.batches`' (the same whatever the device, the number of render workers,
+or where a run was resumed), and what a resume may read or change
+:mod:`t2i_router.engines.checkpoints`'. A run checkpoints every few minutes into
+``train_state.pt`` (model, EMA, optimizer, schedule, learning curve; tensors on the CPU) and
+resumes exactly from it.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import copy
 import functools
 import json
 import logging
-import math
-import multiprocessing
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from t2i_router.engines.batches import Batch, batch_stream, draw_batch, prompt_pool
+from t2i_router.engines.checkpoints import RUN_ONLY, TRAINED_FIELDS, state_to_cpu, unet_upgrades
+from t2i_router.engines.config import EngineConfig
 from t2i_router.engines.engine import Engine, save_engine
 from t2i_router.engines.grounding import (
-    MAX_GROUPS,
     AttentionMaps,
     grounding_loss,
     group_token_masks,
 )
+from t2i_router.engines.recipe import STATE_FILE, TrainConfig, TrainingError, lr_factor
 from t2i_router.engines.sampler import make_scheduler
 from t2i_router.engines.text_encoder import TextEncoder
 from t2i_router.engines.unet import (
     CONV_IN_WEIGHT,
     Denoiser,
-    EngineConfig,
     UNetConfig,
     add_position_channels,
     pad_position_inputs,
 )
-from t2i_router.errors import FailedPrecondition
 from t2i_router.world import COMPLEXITY_LEVELS, mean_alignment, sample_prompts, score_images
-from t2i_router.world.renderer import render_with_masks
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "train_state.pt"
-
-
-class TrainingError(FailedPrecondition, RuntimeError):
-    """A run cannot start or resume.
-
-    Settings that do not fit the engine, this host or the checkpoint (grounding on a pooled
-    engine, CUDA where there is none), or a missing or mismatched checkpoint. Flag values out of
-    range are rejected before, by the CLI's argument types.
-    """
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and data settings (defaults: the recipe that trained on this machine)."""
-
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.995
-    # Final phase (off by default): from step ``lr_decay_from`` the learning rate follows a
-    # cosine from ``lr`` down to ``lr * min_lr_factor`` over ``lr_decay_steps`` steps, then holds.
-    lr_decay_from: int | None = None
-    lr_decay_steps: int = 2000
-    min_lr_factor: float = 0.1
-    text_dropout: float = 0.1
-    data_seed: int = 1000
-    prompt_pool: int = 10_000
-    # Relative chance of drawing a pool prompt of each complexity level (single, group, pair,
-    # relation); None draws every pool prompt alike (the pool holds the levels in equal shares).
-    level_weights: tuple[float, ...] | None = None
-    # Weight of the grounding loss (engines.grounding: each group's color and shape words should
-    # attend to the group's pixels); 0 trains on the denoising loss alone. Cross-attention only.
-    grounding_weight: float = 0.0
-    # Share of each batch whose timesteps are drawn from [high_noise_from, num_train_timesteps)
-    # instead of from all timesteps: the high-noise steps, where sampling decides the layout
-    # from pure noise (docs/engines.md, "Cloud: what the cloud would need at t = 999"). 0: uniform.
-    high_noise_share: float = 0.0
-    high_noise_from: int = 800
-    checkpoint_every_s: float = 300.0
-    eval_every_s: float = 900.0
-    eval_prompts_per_level: int = 16
-    eval_seed: int = 777_000  # never used for training data
-    threads: int = 0  # 0 = torch's default
-    device: str = "cpu"  # where the UNet trains ("cuda" on a GPU host); data stays on the CPU
-    data_workers: int = 0  # processes rendering batches ahead (0: render in the training loop)
-
-    def __post_init__(self) -> None:
-        if self.level_weights is not None:
-            weights = tuple(float(w) for w in self.level_weights)
-            if len(weights) != len(COMPLEXITY_LEVELS) or min(weights) < 0 or sum(weights) <= 0:
-                levels = ", ".join(COMPLEXITY_LEVELS)
-                raise TrainingError(
-                    f"level_weights is {list(self.level_weights)}: expected "
-                    f"{len(COMPLEXITY_LEVELS)} non-negative weights ({levels}), not all zero"
-                )
-            object.__setattr__(self, "level_weights", weights)
-        if not (math.isfinite(self.grounding_weight) and self.grounding_weight >= 0):
-            raise TrainingError(f"grounding_weight is {self.grounding_weight}: expected >= 0")
-        if not (0.0 <= self.high_noise_share <= 1.0):
-            raise TrainingError(
-                f"high_noise_share is {self.high_noise_share}: expected a share in [0, 1]"
-            )
-        if self.high_noise_from < 0:
-            raise TrainingError(f"high_noise_from is {self.high_noise_from}: expected >= 0")
-
-
-def _prompt_pool(cfg: TrainConfig, encoder: TextEncoder, cache_dir: Path | None):
-    """The training prompts, their specs, and their encodings (float16, cached on disk)."""
-    pairs = sample_prompts(cfg.prompt_pool, seed=cfg.data_seed)
-    texts = [t for t, _ in pairs]
-    cache = None
-    if cache_dir is not None:
-        cache = cache_dir / f"prompt_pool_seed{cfg.data_seed}_n{cfg.prompt_pool}.npz"
-        if cache.exists():
-            data = np.load(cache)
-            if list(data["texts"]) == texts:
-                return pairs, data["tokens"], data["mask"]
-    log.info("encoding %d training prompts (cached after the first run)", len(texts))
-    tokens, mask = encoder.encode(texts)
-    tokens = tokens.astype(np.float16)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, texts=np.array(texts), tokens=tokens, mask=mask)
-    return pairs, tokens, mask
-
-
-# UNet features a trained checkpoint gains on resume without changing what it computes
-# (position channels: two more input channels of conv_in, zero weights; token positions and the
-# text transformer: new parameters, the UNet's last, at their initial values, which leave the
-# function unchanged).
-UPGRADES = ("position_channels", "token_positions", "text_transformer")
-
-
-def _upgrades(theirs: dict, ours: dict) -> list[str]:
-    """The features of :data:`UPGRADES` that turn UNet config ``theirs`` into ``ours`` (empty
-    when ``ours`` is not ``theirs`` with some of them switched on)."""
-    flags = [f for f in UPGRADES if ours.get(f) and not theirs.get(f)]
-    if flags and {**theirs, **dict.fromkeys(flags, True)} == ours:
-        return flags
-    return []
-
-
-# The engine fields a checkpoint's weights depend on; the sampling defaults (steps, guidance,
-# rescale, max_steps) may change between runs (the current ones are saved with the weights).
-_TRAINED_FIELDS = ("name", "unet", "num_train_timesteps")
-
-# Settings that change how fast a run goes or how it is observed, not what it learns.
-_RUN_ONLY = frozenset({"threads", "checkpoint_every_s", "eval_every_s", "device", "data_workers"})
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One training step's data, all drawn on the CPU in NumPy (picklable across processes)."""
-
-    images: np.ndarray  # (B, 3, 32, 32) float32 in [-1, 1]
-    pool_index: np.ndarray  # (B,) rows of the prompt pool
-    drop: np.ndarray  # (B,) bool: the prompt replaced by the empty prompt
-    noise: np.ndarray  # (B, 3, 32, 32) float32
-    timesteps: np.ndarray  # (B,) int64
-    masks: np.ndarray  # (B, MAX_GROUPS, 32, 32) bool: each group's pixels (for grounding)
-
-
-def _pool_probabilities(pairs: Sequence[tuple[str, object]], weights: Sequence[float]):
-    """Chance of drawing each pool prompt when its complexity level has weight ``weights[i]``."""
-    levels = np.array([COMPLEXITY_LEVELS.index(spec.complexity) for _, spec in pairs])
-    per_prompt = np.asarray(weights, dtype=np.float64)[levels]
-    return per_prompt / per_prompt.sum()
-
-
-def draw_batch(
-    pairs: Sequence[tuple[str, object]], cfg: TrainConfig, num_train_timesteps: int, step: int
-) -> Batch:
-    """The batch of training step ``step``: a pure function of its arguments."""
-    rng = np.random.default_rng([cfg.data_seed, step])
-    b = cfg.batch_size
-    if cfg.level_weights is None:
-        idx = rng.integers(len(pairs), size=b)
-    else:
-        idx = rng.choice(len(pairs), size=b, p=_pool_probabilities(pairs, cfg.level_weights))
-    layout_seeds = rng.integers(2**62, size=b)
-    drop = rng.random(b) < cfg.text_dropout
-    noise = rng.standard_normal((b, 3, 32, 32), dtype=np.float32)
-    timesteps = rng.integers(0, num_train_timesteps, size=b)
-    if cfg.high_noise_share > 0:
-        # Drawn after everything else, so that a share of 0 leaves every other draw as it was.
-        high = rng.random(b) < cfg.high_noise_share
-        timesteps[high] = rng.integers(cfg.high_noise_from, num_train_timesteps, size=high.sum())
-    images = np.empty((b, 32, 32, 3), dtype=np.uint8)
-    masks = np.zeros((b, MAX_GROUPS, 32, 32), dtype=bool)
-    for k, (i, s) in enumerate(zip(idx, layout_seeds, strict=True)):
-        image, groups = render_with_masks(pairs[i][1], int(s))
-        images[k], masks[k, : len(groups)] = image, groups
-    return Batch(
-        images=np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0,
-        pool_index=idx,
-        drop=drop,
-        noise=noise,
-        timesteps=timesteps,
-        masks=masks,
-    )
-
-
-# Render workers keep the pool's specs from their initializer: one copy per process, sent once.
-_worker_args: tuple = ()
-
-
-def _init_worker(pairs, cfg: TrainConfig, num_train_timesteps: int) -> None:
-    global _worker_args
-    _worker_args = (pairs, cfg, num_train_timesteps)
-
-
-def _draw_in_worker(step: int) -> Batch:
-    return draw_batch(*_worker_args, step)
-
-
-def batch_stream(
-    pairs: Sequence[tuple[str, object]],
-    cfg: TrainConfig,
-    num_train_timesteps: int,
-    first_step: int,
-) -> Iterator[Batch]:
-    """Batches of steps ``first_step, first_step + 1, ...``, rendered ahead by ``cfg.data_workers``.
-
-    Workers only run NumPy (no torch), so forking them from a process with torch threads is safe;
-    at most two batches per worker are in flight.
-    """
-    if cfg.data_workers == 0:
-        step = first_step
-        while True:
-            yield draw_batch(pairs, cfg, num_train_timesteps, step)
-            step += 1
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(
-        cfg.data_workers, _init_worker, (pairs, cfg, num_train_timesteps)
-    ) as pool:  # leaving the block terminates the workers, also when the loop stops early
-        ahead = 2 * cfg.data_workers
-        pending = collections.deque(
-            pool.apply_async(_draw_in_worker, (first_step + k,)) for k in range(ahead)
-        )
-        step = first_step + ahead
-        while True:
-            batch = pending.popleft().get()
-            pending.append(pool.apply_async(_draw_in_worker, (step,)))
-            step += 1
-            yield batch
-
-
-def _to_cpu(state):
-    """A (nested) state dict with every tensor on the CPU, so any host can load a checkpoint."""
-    if isinstance(state, torch.Tensor):
-        return state.cpu()
-    if isinstance(state, dict):
-        return {k: _to_cpu(v) for k, v in state.items()}
-    if isinstance(state, list | tuple):
-        return type(state)(_to_cpu(v) for v in state)
-    return state
-
-
-def checkpoint_recipe(out_dir: str | Path, **overrides: object) -> TrainConfig:
-    """The recipe ``out_dir``'s checkpoint was trained with, with ``overrides`` applied.
-
-    Resuming continues that recipe: a setting not named in ``overrides`` keeps the checkpoint's
-    value (not the default, which would silently undo a final phase, say). Settings of the run
-    alone (threads, checkpoint and eval intervals) and fields added to :class:`TrainConfig`
-    after the checkpoint was written take their defaults.
-    """
-    path = Path(out_dir) / STATE_FILE
-    if not path.exists():
-        raise TrainingError(f"cannot resume: {path} does not exist")
-    saved = torch.load(path, weights_only=False, map_location="cpu")["train"]
-    known = set(asdict(TrainConfig()))
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TrainingError(f"unknown training settings: {', '.join(unknown)}")
-    kept = {k: v for k, v in saved.items() if k in known and k not in _RUN_ONLY}
-    return TrainConfig(**{**kept, **overrides})
-
-
-def run_engine_config(
-    config: EngineConfig, out_dir: str | Path, resume: bool, features: Iterable[str] = ()
-) -> EngineConfig:
-    """The engine a run trains: ``config`` with the UNet ``features`` (of :data:`UPGRADES`)
-    switched on, and, on resume, those its checkpoint has: a feature once added stays."""
-    features = set(features)
-    unknown = sorted(features - set(UPGRADES))
-    if unknown:
-        raise TrainingError(
-            f"unknown UNet features: {', '.join(unknown)} (known: {', '.join(UPGRADES)})"
-        )
-    path = Path(out_dir) / STATE_FILE
-    if resume and path.exists():
-        saved = torch.load(path, weights_only=False, map_location="cpu")["engine"]["unet"]
-        features |= {f for f in UPGRADES if saved.get(f)}
-    if not features:
-        return config
-    return replace(config, unet=replace(config.unet, **dict.fromkeys(features, True)))
-
-
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """Learning rate at ``step`` over ``cfg.lr``: linear warm-up, flat, then an optional cosine."""
-    factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-    if cfg.lr_decay_from is not None and step > cfg.lr_decay_from:
-        progress = min(1.0, (step - cfg.lr_decay_from) / max(1, cfg.lr_decay_steps))
-        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-        factor *= cfg.min_lr_factor + (1.0 - cfg.min_lr_factor) * cosine
-    return factor
 
 
 def evaluate(
@@ -379,7 +102,7 @@ class Trainer:
         self.encoder = encoder or TextEncoder()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        self.pairs, self.pool_tokens, self.pool_mask = _prompt_pool(
+        self.pairs, self.pool_tokens, self.pool_mask = prompt_pool(
             self.cfg, self.encoder, Path(cache_dir) if cache_dir else None
         )
         null_tokens, null_mask = self.encoder.encode([""])
@@ -420,9 +143,9 @@ class Trainer:
         return {
             "engine": self.config.to_dict(),
             "train": asdict(self.cfg),
-            "model": _to_cpu(self.model.state_dict()),
-            "ema": _to_cpu(self.ema.state_dict()),
-            "opt": _to_cpu(self.opt.state_dict()),
+            "model": state_to_cpu(self.model.state_dict()),
+            "ema": state_to_cpu(self.ema.state_dict()),
+            "opt": state_to_cpu(self.opt.state_dict()),
             "sched": self.sched.state_dict(),
             "step": self.step,
             "train_seconds": self.train_seconds,
@@ -446,15 +169,15 @@ class Trainer:
         if not path.exists():
             raise TrainingError(f"cannot resume: {path} does not exist")
         state = torch.load(path, weights_only=False, map_location="cpu")
-        theirs = {k: state["engine"].get(k) for k in _TRAINED_FIELDS}
-        ours = {k: self.config.to_dict()[k] for k in _TRAINED_FIELDS}
+        theirs = {k: state["engine"].get(k) for k in TRAINED_FIELDS}
+        ours = {k: self.config.to_dict()[k] for k in TRAINED_FIELDS}
         # fields added to UNetConfig later take their defaults
         theirs["unet"] = UNetConfig.from_dict(theirs["unet"]).to_dict()
-        upgrades = _upgrades(theirs["unet"], ours["unet"])
+        upgrades = unet_upgrades(theirs["unet"], ours["unet"])
         if upgrades:
             theirs["unet"] = ours["unet"]
         if theirs != ours:
-            diff = sorted(k for k in _TRAINED_FIELDS if theirs[k] != ours[k])
+            diff = sorted(k for k in TRAINED_FIELDS if theirs[k] != ours[k])
             raise TrainingError(
                 f"cannot resume: {path} was trained with another engine config ({', '.join(diff)})"
             )
@@ -480,7 +203,7 @@ class Trainer:
         changes = {
             k: [before[k], v]
             for k, v in asdict(self.cfg).items()
-            if k not in _RUN_ONLY and before[k] != v
+            if k not in RUN_ONLY and before[k] != v
         }
         for flag in upgrades:
             changes[f"unet.{flag}"] = [False, True]

@@ -74,11 +74,7 @@ def split_of(spec: SceneSpec) -> str:
 @functools.cache
 def engine_prompt_texts() -> frozenset[str]:
     """Prompt texts the engines trained on, were tuned on, or are reported on."""
-    from t2i_router.engines.report import (
-        held_out_prompts,
-        training_texts,
-        tuning_prompts,
-    )
+    from t2i_router.engines.prompts import held_out_prompts, training_texts, tuning_prompts
 
     seen = training_texts()
     report = {t for t, _ in held_out_prompts(EXCLUDE_UP_TO, exclude=seen)}

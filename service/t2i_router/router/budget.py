@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: ~100 are the guarantee's derivation; persistence needs the lock.
 """Online budget control: move the cost multiplier lambda so that decisions hold a target.
 
 The policy sends a prompt to the choice maximising ``u_m - lambda * c_m / c_scale``; the

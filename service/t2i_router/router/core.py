@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: the request path (estimate, decide, count, generate) in one place.
 """The router's core: estimate (micro-batched) -> decide with lambda -> count -> generate.
 
 `Router` is what the gRPC servicer delegates to; it imports neither grpc nor tritonclient, so it

@@ -28,14 +28,13 @@ from t2i_router.argtypes import port, positive_float
 from t2i_router.command import run_command
 from t2i_router.errors import InvalidRequest, TritonStartError, Unavailable
 from t2i_router.triton.client import ModelState, TritonClient
-from t2i_router.triton.server import (
-    ManagedTritonServer,
-    TritonServerConfig,
-    default_cache_dir,
+from t2i_router.triton.launch.config import TritonServerConfig, default_cache_dir
+from t2i_router.triton.launch.process import (
     is_process_alive,
     process_start_ticks,
     terminate_process_group,
 )
+from t2i_router.triton.server import ManagedTritonServer
 
 __all__ = ["TritonState", "add_triton_parser", "main"]
 
