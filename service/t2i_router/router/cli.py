@@ -1,4 +1,4 @@
-"""``t2i-router serve | generate | route | budget``: the router and its command-line clients.
+"""``t2i-router serve | demo | generate | route | budget``: the router, its demo and its clients.
 
 ``serve`` loads the trained estimator (``--estimator``, default models/quality_estimator; it
 stops with a one-line error naming the folder when there is none), starts the managed Triton on
@@ -11,6 +11,9 @@ Security (docs/operations.md): ``serve`` binds loopback unless ``--host`` says o
 non-loopback host needs TLS (``--tls-cert``, ``--tls-key``; ``--tls-client-ca`` requires client
 certificates) or ``--insecure``. Bearer tokens come from ``--token-file`` /
 ``$T2I_ROUTER_TOKEN`` (generation) and ``--admin-token-file`` / ``$T2I_ROUTER_ADMIN_TOKEN``.
+
+``demo`` starts Triton and the router itself, routes a shifting stream of sampled prompts at a
+target cloud rate and writes docs/demo/ (`router.demo`).
 
 The clients call a running router through the stubs generated from the proto (``--address``,
 default ``$T2I_ROUTER_ADDRESS`` or 127.0.0.1:50051) and print JSON. They send the token of
@@ -159,6 +162,46 @@ async def _serve(config: Any, estimator: Any, triton_url: str) -> None:
             await service.stop()
 
 
+# ----- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    import sys
+
+    from t2i_router.router.demo import DemoConfig, run_demo
+
+    given = {
+        "prompts": args.prompts,
+        "target_rate": args.target_rate,
+        "concurrency": args.concurrency,
+        "seed": args.seed,
+        "out_dir": args.out,
+        "estimator_dir": args.estimator,
+        "triton_repo": args.triton_repo,
+    }
+    config = DemoConfig(
+        **{k: v for k, v in given.items() if v is not None},
+        command=" ".join(["t2i-router", *sys.argv[1:]]),
+    )
+    summary = run_demo(config)
+    rate, quality = summary["rate"], summary["quality"]["all"]
+    print(
+        json.dumps(
+            {
+                "out": str(config.out_dir),
+                "estimator": summary["estimator"],
+                "requests": summary["requests"],
+                "errors": summary["errors"],
+                "final_rate": rate.get("final_rate"),
+                "max_rate_error_after_warmup": rate.get("max_rate_error_after_warmup"),
+                "quality": {k: quality[k] for k in ("routed", "all_edge", "all_cloud")}
+                | {"random_same_rate": quality["random_same_rate"]},
+                "wall_s": summary["wall_s"],
+            }
+        )
+    )
+
+
 # ----- clients
 
 
@@ -260,7 +303,7 @@ def cmd_budget(args: argparse.Namespace) -> None:
 
 
 def add_router_parser(sub: argparse._SubParsersAction) -> None:
-    """Adds ``serve``, ``generate``, ``route`` and ``budget`` to the ``t2i-router`` command."""
+    """Adds ``serve``, ``demo``, ``generate``, ``route`` and ``budget`` to ``t2i-router``."""
     p = sub.add_parser("serve", help="serve the router over gRPC (starts Triton unless given)")
     p.add_argument(
         "--host", help="address to bind (default 127.0.0.1; others need TLS or --insecure)"
@@ -298,6 +341,20 @@ def add_router_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-rate", type=unit_interval, help="initial target cloud rate")
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="(json)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "demo", help="start Triton and the router, route a shifting stream, write docs/demo/"
+    )
+    p.add_argument("--estimator", type=Path, help="estimator folder (models/quality_estimator)")
+    p.add_argument(
+        "--prompts", type=positive_int, help="prompts sent; the mix shifts halfway (200)"
+    )
+    p.add_argument("--target-rate", type=unit_interval, help="target cloud rate (0.3)")
+    p.add_argument("--concurrency", type=positive_int, help="Generate calls in flight (8)")
+    p.add_argument("--seed", type=int, help="prompt sampler seed (0)")
+    p.add_argument("--out", type=Path, help="output folder (docs/demo)")
+    p.add_argument("--triton-repo", type=Path, help="repository of the managed Triton")
+    p.set_defaults(func=cmd_demo)
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help_text)

@@ -1,0 +1,228 @@
+"""What `router.demo` makes of its requests: the summary's numbers and its two figures.
+
+Pure functions over `DemoRecord`s (one routed Generate call each, in completion order): no
+server here, so they are tested with hand-made records. The figures use matplotlib (Agg).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "STAGES",
+    "DemoRecord",
+    "latency_summary",
+    "plot_grid",
+    "plot_rate_lambda",
+    "quality_summary",
+    "rate_series",
+    "rate_summary",
+]
+
+#: Per-stage times the router reports on every decision, then the client's own round trip.
+STAGES = ("queue_ms", "estimate_ms", "decide_ms", "generate_ms", "encode_ms", "total_ms")
+
+
+@dataclass(frozen=True)
+class DemoRecord:
+    """One Generate call of the demo.
+
+    Attributes:
+        index: Position in the sent stream (the shift happens at ``len(stream) // 2``).
+        prompt: The prompt.
+        seed: Its seed.
+        phase: ``"before"`` or ``"after"`` the shift.
+        choice: The routed choice (``engine@steps``).
+        engine: Its engine.
+        cloud: Whether it ran on the cloud engine.
+        counted: Whether it counted toward the budget.
+        multiplier: The lambda it was decided with.
+        utility_gap: Predicted utility of the cloud default minus the edge default's.
+        timings_ms: The router's stage times (`STAGES`) and ``client_ms``.
+        image: The returned image, (32, 32, 3) uint8.
+    """
+
+    index: int
+    prompt: str
+    seed: int
+    phase: str
+    choice: str
+    engine: str
+    cloud: bool
+    counted: bool
+    multiplier: float
+    utility_gap: float
+    timings_ms: dict[str, float]
+    image: np.ndarray
+
+
+def rate_series(records: Sequence[DemoRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """Running cloud rate over counted decisions and the lambda of each, in completion order."""
+    counted = [r for r in records if r.counted]
+    cloud = np.array([r.cloud for r in counted], dtype=np.float64)
+    running = np.cumsum(cloud) / np.arange(1, len(cloud) + 1)
+    return running, np.array([r.multiplier for r in counted], dtype=np.float64)
+
+
+def rate_summary(
+    records: Sequence[DemoRecord], target_rate: float, warmup_decisions: int
+) -> dict[str, Any]:
+    """The running rate against the target: at the end, and its worst after the warm-up."""
+    running, lam = rate_series(records)
+    if not len(running):
+        return {"target_rate": target_rate, "counted_decisions": 0}
+    error = np.abs(running - target_rate)
+    after = error[warmup_decisions:] if len(error) > warmup_decisions else error[-1:]
+    return {
+        "target_rate": target_rate,
+        "counted_decisions": len(running),
+        "final_rate": round(float(running[-1]), 4),
+        "final_rate_error": round(float(error[-1]), 4),
+        "warmup_decisions": warmup_decisions,
+        "max_rate_error_after_warmup": round(float(after.max()), 4),
+        "lambda_first": round(float(lam[0]), 5),
+        "lambda_at_shift": round(float(_lambda_at_shift(records)), 5),
+        "lambda_last": round(float(lam[-1]), 5),
+    }
+
+
+def _lambda_at_shift(records: Sequence[DemoRecord]) -> float:
+    after = [r.multiplier for r in records if r.phase == "after"]
+    return after[0] if after else float("nan")
+
+
+def quality_summary(
+    routed: np.ndarray,
+    edge: np.ndarray,
+    cloud: np.ndarray,
+    is_cloud: np.ndarray,
+    phases: Sequence[str],
+) -> dict[str, Any]:
+    """Mean alignment of the routed images against all-edge, all-cloud and random routing.
+
+    Args:
+        routed, edge, cloud: Per-prompt mean alignment, (N,) each, on the same prompts and seeds.
+        is_cloud: Whether the router sent each prompt to the cloud engine, (N,).
+        phases: ``before``/``after`` per prompt.
+
+    Random routing at the router's own cloud share r is given as its expectation,
+    ``(1 - r) * edge + r * cloud`` averaged over the prompts (no sampling noise).
+    """
+    r = float(np.mean(is_cloud))
+    phases_arr = np.asarray(phases)
+
+    def block(mask: np.ndarray) -> dict[str, float]:
+        e, c, q = float(edge[mask].mean()), float(cloud[mask].mean()), float(routed[mask].mean())
+        share = float(np.mean(is_cloud[mask]))
+        rand = (1 - share) * e + share * c
+        gap = c - e
+        return {
+            "prompts": int(mask.sum()),
+            "cloud_share": round(share, 4),
+            "routed": round(q, 4),
+            "all_edge": round(e, 4),
+            "all_cloud": round(c, 4),
+            "random_same_rate": round(rand, 4),
+            # share of the cloud's gain the router recovers (RouteLLM's PGR); noisy when small
+            "gain_recovered": round((q - e) / gap, 4) if abs(gap) > 1e-9 else None,
+        }
+
+    out = {"metric": "mean_alignment (world.score_images vs parse_prompt)", "cloud_share": r}
+    out["all"] = block(np.ones(len(routed), dtype=bool))
+    for phase in ("before", "after"):
+        mask = phases_arr == phase
+        if mask.any():
+            out[phase] = block(mask)
+    return out
+
+
+def latency_summary(records: Sequence[DemoRecord]) -> dict[str, Any]:
+    """p50/p99 per stage (ms) over all calls, and the generate stage per engine."""
+
+    def pct(values: Sequence[float]) -> dict[str, float]:
+        v = np.asarray(values, dtype=np.float64)
+        return {
+            "p50": round(float(np.percentile(v, 50)), 2),
+            "p99": round(float(np.percentile(v, 99)), 2),
+        }
+
+    out: dict[str, Any] = {
+        stage: pct([r.timings_ms[stage] for r in records]) for stage in (*STAGES, "client_ms")
+    }
+    for engine in sorted({r.engine for r in records}):
+        out[f"generate_ms[{engine}]"] = pct(
+            [r.timings_ms["generate_ms"] for r in records if r.engine == engine]
+        )
+    return out
+
+
+def plot_rate_lambda(
+    records: Sequence[DemoRecord], target_rate: float, title: str, path: Path
+) -> Path:
+    """Running cloud rate and lambda against the target over counted requests, shift marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    running, lam = rate_series(records)
+    x = np.arange(1, len(running) + 1)
+    counted = [r for r in records if r.counted]
+    shift = next((i + 1 for i, r in enumerate(counted) if r.phase == "after"), None)
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.plot(x, running, color="tab:blue", label="running cloud rate")
+    ax.axhline(target_rate, color="tab:blue", ls="--", lw=1, label=f"target {target_rate:g}")
+    ax.set_xlabel("counted requests (completion order)")
+    ax.set_ylabel("cloud rate", color="tab:blue")
+    ax.set_ylim(0, 1)
+    twin = ax.twinx()
+    twin.plot(x, lam, color="tab:orange", label="lambda")
+    twin.set_ylabel("lambda (multiplier)", color="tab:orange")
+    if shift is not None:
+        ax.axvline(shift, color="gray", ls=":", lw=1.5, label="prompt mix shifts")
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_grid(
+    records: Sequence[DemoRecord], quality: np.ndarray, title: str, path: Path, cols: int = 6
+) -> Path:
+    """Routed images labelled with their choice, predicted gap and measured alignment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-len(records) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, record, q in zip(axes.flat, records, quality):
+        ax.imshow(record.image, interpolation="nearest")
+        words = record.prompt.split()
+        text = " ".join(words[:5]) + ("\n" + " ".join(words[5:10]) if len(words) > 5 else "")
+        color = "tab:red" if record.cloud else "tab:green"
+        ax.set_title(
+            f"{text}\n{record.choice} gap {record.utility_gap:+.3f}\n"
+            f"{record.phase} shift, alignment {q:.2f}",
+            fontsize=6,
+            color=color,
+        )
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
