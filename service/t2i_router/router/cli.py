@@ -38,6 +38,7 @@ from google.protobuf.json_format import MessageToDict
 
 from t2i_router.argtypes import (
     non_negative_float,
+    non_negative_int,
     port,
     positive_float,
     positive_int,
@@ -175,6 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "target_rate": args.target_rate,
         "concurrency": args.concurrency,
         "seed": args.seed,
+        "baseline_prompts": args.baseline_prompts,
         "out_dir": args.out,
         "estimator_dir": args.estimator,
         "triton_repo": args.triton_repo,
@@ -352,6 +354,11 @@ def add_router_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-rate", type=unit_interval, help="target cloud rate (0.3)")
     p.add_argument("--concurrency", type=positive_int, help="Generate calls in flight (8)")
     p.add_argument("--seed", type=int, help="prompt sampler seed (0)")
+    p.add_argument(
+        "--baseline-prompts",
+        type=non_negative_int,
+        help="prompts compared with all-edge/all-cloud/random (64; 0: all)",
+    )
     p.add_argument("--out", type=Path, help="output folder (docs/demo)")
     p.add_argument("--triton-repo", type=Path, help="repository of the managed Triton")
     p.set_defaults(func=cmd_demo)

@@ -7,14 +7,17 @@ It starts the whole stack in this process tree: a managed tritonserver serving t
 ``triton_repo/``, the router (grpc.aio, a free loopback port) with the estimator of
 ``--estimator`` in-process (a missing folder stops it with a one-line error), then:
 
-1. sets the target cloud rate (SetBudget; 0.3 by default) with a step size eta chosen so that
-   lambda recovers from a shift with a time constant of ``prompts / 8`` decisions
-   (`budget.eta_for_recovery` at the density of the warm-start scores);
+1. sets the target cloud rate (SetBudget; 0.3 by default) with lambda and eta calibrated on 256
+   sampled prompts (`demo_report.calibrate_budget`): lambda* where the policy's cloud share is
+   the target, and eta so that lambda recovers from a shift with a time constant of
+   ``prompts / 8`` decisions (the rule of `budget.eta_for_recovery`, at the measured slope of
+   the share around lambda*);
 2. sends ``--prompts`` sampled prompts through Generate, ``--concurrency`` in flight, whose mix
    shifts halfway: single/group prompts first, pair/relation prompts after
    (`world.sample_prompts(complexity=...)`), each with its own seed;
-3. generates the baselines for the same prompts and seeds straight from Triton: all-edge (the
-   edge default) and all-cloud (the cloud default). A prompt the router already sent to that
+3. generates the baselines for the same prompts and seeds straight from Triton (on
+   ``--baseline-prompts`` of them, evenly spaced, 64 by default; 0: all): all-edge (the edge
+   default) and all-cloud (the cloud default). A prompt the router already sent to that
    choice reuses the router's image (the engines are batch invariant, docs/engines.md);
 4. scores every image with the world's exact metrics (`score_images` against `parse_prompt`)
    and writes to ``--out``: ``rate_lambda.png`` (running cloud rate and lambda against the
@@ -46,6 +49,7 @@ import numpy as np
 from t2i_router.errors import InvalidRequest, Unavailable
 from t2i_router.router.demo_report import (
     DemoRecord,
+    calibrate_budget,
     latency_summary,
     plot_grid,
     plot_rate_lambda,
@@ -73,8 +77,12 @@ class DemoConfig:
         after: Complexity levels sampled after it.
         recovery_decisions: Wanted recovery time constant tau of lambda, in decisions; None is
             ``prompts / 8``.
+        max_eta: Largest step size (a flat share curve must not make lambda jump).
         warmup_fraction: Share of the counted decisions left out of the worst rate error.
         grid_images: Routed images in ``grid.png``.
+        baseline_prompts: Prompts (evenly spaced in the stream) on which routing is compared with
+            all-edge, all-cloud and random; 0 means all. The cloud baseline is the demo's most
+            expensive part, so the default keeps the run to a few minutes on 2 cores.
         baseline_batch: Prompts per direct Triton call for the baselines.
         request_timeout_s: Deadline of one Generate call.
         out_dir: Where the three files go.
@@ -92,8 +100,10 @@ class DemoConfig:
     before: tuple[str, ...] = ("single", "group")
     after: tuple[str, ...] = ("pair", "relation")
     recovery_decisions: float | None = None
+    max_eta: float = 0.05
     warmup_fraction: float = 0.25
     grid_images: int = 24
+    baseline_prompts: int = 64
     baseline_batch: int = 16
     request_timeout_s: float = 600.0
     out_dir: Path = Path("docs/demo")
@@ -184,7 +194,6 @@ async def _run_stack(
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from t2i_router.router.budget import eta_for_recovery, score_density
     from t2i_router.router.server import RouterConfig, RouterService, build_router
     from t2i_router.triton import TritonClient
     from t2i_router_client import router_pb2, router_pb2_grpc
@@ -200,13 +209,22 @@ async def _run_stack(
             if not await service.wait_serving(60):
                 raise Unavailable("the router did not become SERVING within 60 s")
             warm = [t for t, _ in sample_prompts(router_config.warm_start_prompts, seed=0)]
-            scores = router.policy.scores(await estimator.predict(warm))
-            density = score_density(scores, router.budget.multiplier)
-            eta = eta_for_recovery(config.tau_decisions, max(density, 1e-6))
+            q = await estimator.predict(warm)  # (N, M, K)
+            calibration = calibrate_budget(
+                lambda lam: float(router.policy.decide(q, lam, "auto").cloud.mean()),
+                config.target_rate,
+                config.tau_decisions,
+                router_config.lambda_max,
+                config.max_eta,
+            )
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = router_pb2_grpc.RouterStub(channel)
                 await stub.SetBudget(
-                    router_pb2.SetBudgetRequest(target_rate=config.target_rate, eta=eta)
+                    router_pb2.SetBudgetRequest(
+                        target_rate=config.target_rate,
+                        eta=calibration.eta,
+                        multiplier=calibration.multiplier,
+                    )
                 )
                 t0 = time.perf_counter()
                 records, errors = await _stream(config, stub, router_pb2)
@@ -216,13 +234,17 @@ async def _run_stack(
                     preserving_proto_field_name=True,
                 )
             budget["errors"] = errors
-            budget["eta_for_tau_decisions"] = config.tau_decisions
-            budget["warm_start_score_density"] = density
+            budget["calibration"] = {
+                **asdict(calibration),
+                "tau_decisions": config.tau_decisions,
+                "sample_prompts": len(warm),
+            }
         finally:
             await service.stop()
         t0 = time.perf_counter()
-        edge = await _baseline(config, client, records, router.edge_default)
-        cloud = await _baseline(config, client, records, router.cloud_default)
+        sample = baseline_sample(records, config.baseline_prompts)
+        edge = await _baseline(config, client, sample, router.edge_default)
+        cloud = await _baseline(config, client, sample, router.cloud_default)
         walls["baselines_s"] = time.perf_counter() - t0
     return records, edge, cloud, budget
 
@@ -289,8 +311,8 @@ _CLOUD_ENGINE = "cloud_large"
 async def _baseline(
     config: DemoConfig, client: Any, records: list[DemoRecord], choice: Any
 ) -> np.ndarray:
-    """Images of ``choice`` for every record's prompt and seed, in sending order."""
-    by_index = sorted(records, key=lambda r: r.index)
+    """Images of ``choice`` for every record's prompt and seed, in the records' order."""
+    by_index = records
     images: list[np.ndarray | None] = [
         r.image if r.choice == choice.name else None for r in by_index
     ]
@@ -315,6 +337,15 @@ async def _baseline(
     return np.stack(images)  # (N, 32, 32, 3)
 
 
+def baseline_sample(records: list[DemoRecord], n: int) -> list[DemoRecord]:
+    """``n`` records evenly spaced in sending order (both phases alike); all when n is 0."""
+    by_index = sorted(records, key=lambda r: r.index)
+    if n <= 0 or n >= len(by_index):
+        return by_index
+    keep = np.unique(np.linspace(0, len(by_index) - 1, n).round().astype(int))
+    return [by_index[k] for k in keep]
+
+
 def _alignment(images: np.ndarray, prompts: list[str]) -> np.ndarray:
     return mean_alignment(score_images(images, [parse_prompt(p) for p in prompts]))
 
@@ -328,15 +359,17 @@ def _report(
     walls: dict[str, float],
 ) -> dict[str, Any]:
     by_index = sorted(records, key=lambda r: r.index)
-    prompts = [r.prompt for r in by_index]
-    routed_q = _alignment(np.stack([r.image for r in by_index]), prompts)
+    routed_q = _alignment(np.stack([r.image for r in by_index]), [r.prompt for r in by_index])
+    sample = baseline_sample(records, config.baseline_prompts)
+    prompts = [r.prompt for r in sample]
     quality = quality_summary(
-        routed_q,
+        _alignment(np.stack([r.image for r in sample]), prompts),
         _alignment(edge, prompts),
         _alignment(cloud, prompts),
-        np.array([r.cloud for r in by_index]),
-        [r.phase for r in by_index],
+        np.array([r.cloud for r in sample]),
+        [r.phase for r in sample],
     )
+    quality["routed_all_prompts"] = round(float(routed_q.mean()), 4)
     counted = sum(r.counted for r in records)
     choices = {r.choice for r in records}
     estimator = describe_estimator(config.estimator_dir)

@@ -1,0 +1,98 @@
+"""The demo's numbers without servers: calibration of lambda and eta, the running rate's error,
+the baselines' arithmetic, the stage percentiles and the two figures from hand-made records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from t2i_router.router.demo import DemoConfig, baseline_sample, demo_prompts
+from t2i_router.router.demo_report import (
+    DemoRecord,
+    calibrate_budget,
+    latency_summary,
+    plot_grid,
+    plot_rate_lambda,
+    quality_summary,
+    rate_summary,
+)
+from t2i_router.world import parse_prompt
+
+
+def record(i: int, cloud: bool, phase: str = "before", lam: float = 0.1) -> DemoRecord:
+    timings = {s: float(i + 1) for s in ("queue_ms", "estimate_ms", "decide_ms", "encode_ms")}
+    timings |= {"generate_ms": 100.0 + i, "total_ms": 110.0 + i, "client_ms": 120.0 + i}
+    return DemoRecord(
+        index=i,
+        prompt="a red circle",
+        seed=i,
+        phase=phase,
+        choice="cloud_large@20" if cloud else "edge_small@8",
+        engine="cloud_large" if cloud else "edge_small",
+        cloud=cloud,
+        counted=True,
+        multiplier=lam,
+        utility_gap=0.01 * i,
+        timings_ms=timings,
+        image=np.full((32, 32, 3), 10 * i, dtype=np.uint8),
+    )
+
+
+def test_calibration_finds_the_lambda_that_meets_the_target_and_the_eta_for_tau():
+    scores = np.linspace(-0.1, 0.1, 1001)  # uniform: share(lam) = (0.1 - lam) / 0.2
+
+    def share(lam: float) -> float:
+        return float(np.mean(scores > lam))
+
+    c = calibrate_budget(share, 0.3, tau_decisions=20, lambda_max=1.0, max_eta=1.0)
+    assert c.multiplier == pytest.approx(0.04, abs=1e-3)
+    assert c.slope == pytest.approx(5.0, rel=0.02)
+    assert c.eta == pytest.approx(1 / (20 * 5.0), rel=0.02)
+    assert calibrate_budget(share, 0.3, 20, 1.0, max_eta=1e-3).eta == 1e-3
+    # a share the target cannot reach stays at a bound
+    assert calibrate_budget(lambda lam: 0.0, 0.3, 20, 1.0, 1.0).multiplier == 0.0
+
+
+def test_rate_summary_reports_final_and_worst_error_after_warmup():
+    records = [record(i, cloud=i % 3 == 0, phase="before" if i < 6 else "after") for i in range(12)]
+    out = rate_summary(records, 0.3, warmup_decisions=3)
+    running = np.cumsum([i % 3 == 0 for i in range(12)]) / np.arange(1, 13)
+    assert out["final_rate"] == pytest.approx(running[-1], abs=1e-4)
+    assert out["max_rate_error_after_warmup"] == pytest.approx(
+        np.abs(running[3:] - 0.3).max(), abs=1e-4
+    )
+    assert out["counted_decisions"] == 12
+
+
+def test_random_routing_is_the_mix_of_edge_and_cloud_at_the_routers_share():
+    edge, cloud = np.array([0.5, 0.5, 0.7, 0.7]), np.array([0.9, 0.9, 0.9, 0.9])
+    routed = np.array([0.9, 0.5, 0.7, 0.7])
+    out = quality_summary(routed, edge, cloud, np.array([True, False, False, False]), ["before",
+                          "before", "after", "after"])  # fmt: skip
+    assert out["all"]["random_same_rate"] == pytest.approx(0.75 * 0.6 + 0.25 * 0.9, abs=1e-4)
+    assert out["all"]["gain_recovered"] == pytest.approx((0.7 - 0.6) / 0.3, abs=1e-3)
+    assert out["before"]["cloud_share"] == 0.5 and out["after"]["cloud_share"] == 0.0
+
+
+def test_latency_percentiles_per_stage_and_engine_and_figures_are_written(tmp_path):
+    records = [record(i, cloud=i % 2 == 0, phase="after" if i >= 4 else "before") for i in range(8)]
+    lat = latency_summary(records)
+    assert lat["client_ms"]["p50"] == pytest.approx(123.5)
+    assert set(lat) >= {"generate_ms[edge_small]", "generate_ms[cloud_large]", "total_ms"}
+    for path in (
+        plot_rate_lambda(records, 0.3, "t", tmp_path / "rate.png"),
+        plot_grid(records, np.linspace(0, 1, 8), "t", tmp_path / "grid.png", cols=4),
+    ):
+        assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prompts_shift_halfway_and_the_baseline_sample_spans_both_phases():
+    config = DemoConfig(prompts=20)
+    prompts = demo_prompts(config)
+    assert [phase for _, phase in prompts] == ["before"] * 10 + ["after"] * 10
+    levels = [parse_prompt(p).complexity for p, _ in prompts]
+    assert set(levels[:10]) == {"single", "group"} and set(levels[10:]) == {"pair", "relation"}
+    records = [record(i, cloud=False, phase=ph) for i, (_, ph) in enumerate(prompts)]
+    sample = baseline_sample(records[::-1], 6)
+    assert [r.index for r in sample] == [0, 4, 8, 11, 15, 19]
+    assert baseline_sample(records, 0) == records
