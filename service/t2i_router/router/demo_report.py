@@ -256,7 +256,7 @@ def plot_grid(
     import matplotlib.pyplot as plt
 
     rows = max(1, -(-len(records) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.7 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 3.0 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, record, q in zip(axes.flat, records, quality):
