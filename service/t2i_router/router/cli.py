@@ -185,6 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         **{k: v for k, v in given.items() if v is not None},
         command=" ".join(["t2i-router", *sys.argv[1:]]),
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # unwinds, so Triton is stopped on the way out
     summary = run_demo(config)
     rate, quality = summary["rate"], summary["quality"]["all"]
     print(

@@ -179,18 +179,18 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         with ManagedTritonServer(triton_config) as triton:
             walls["triton_start_s"] = time.perf_counter() - start_s
             log.info("Triton ready at %s after %.1f s", triton.grpc_url, walls["triton_start_s"])
-            records, edge, cloud, budget = asyncio.run(
+            records, errors, edge, cloud, budget = asyncio.run(
                 _run_stack(config, estimator, triton.grpc_url, walls)
             )
     finally:
         estimator.close()
-    walls["total_s"] = time.perf_counter() - start_s
-    return _report(config, records, edge, cloud, budget, walls)
+    walls["total_s"] = time.perf_counter() - start_s  # the report adds a few seconds
+    return _report(config, records, errors, edge, cloud, budget, walls)
 
 
 async def _run_stack(
     config: DemoConfig, estimator: Any, triton_url: str, walls: dict[str, float]
-) -> tuple[list[DemoRecord], np.ndarray, np.ndarray, dict[str, Any]]:
+) -> tuple[list[DemoRecord], list[str], np.ndarray, np.ndarray, dict[str, Any]]:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
@@ -233,7 +233,6 @@ async def _run_stack(
                     await stub.GetBudget(router_pb2.GetBudgetRequest()),
                     preserving_proto_field_name=True,
                 )
-            budget["errors"] = errors
             budget["calibration"] = {
                 **asdict(calibration),
                 "tau_decisions": config.tau_decisions,
@@ -246,7 +245,7 @@ async def _run_stack(
         edge = await _baseline(config, client, sample, router.edge_default)
         cloud = await _baseline(config, client, sample, router.cloud_default)
         walls["baselines_s"] = time.perf_counter() - t0
-    return records, edge, cloud, budget
+    return records, errors, edge, cloud, budget
 
 
 async def _stream(config: DemoConfig, stub: Any, pb: Any) -> tuple[list[DemoRecord], list[str]]:
@@ -353,6 +352,7 @@ def _alignment(images: np.ndarray, prompts: list[str]) -> np.ndarray:
 def _report(
     config: DemoConfig,
     records: list[DemoRecord],
+    errors: list[str],
     edge: np.ndarray,
     cloud: np.ndarray,
     budget: dict[str, Any],
@@ -374,7 +374,6 @@ def _report(
     choices = {r.choice for r in records}
     estimator = describe_estimator(config.estimator_dir)
     label = f"estimator {estimator['dir']} ({estimator['weights_sha256'][:8]})"
-    errors = budget.pop("errors")
     out = Path(config.out_dir)
     plot_rate_lambda(
         records,
