@@ -220,24 +220,35 @@ def plot_rate_lambda(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    running, lam = rate_series(records)
+    running, _ = rate_series(records)
     x = np.arange(1, len(running) + 1)
-    counted = [r for r in records if r.counted]
-    shift = next((i + 1 for i, r in enumerate(counted) if r.phase == "after"), None)
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    ax.plot(x, running, color="tab:blue", label="running cloud rate")
+    # lambda and the shift in decision (sending) order: completion order interleaves slow
+    # cloud calls with fast edge ones
+    by_index = sorted((r for r in records if r.counted), key=lambda r: r.index)
+    shift = next((i + 1 for i, r in enumerate(by_index) if r.phase == "after"), None)
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    ax.plot(x, running, color="tab:blue", label="running cloud rate (completion order)")
     ax.axhline(target_rate, color="tab:blue", ls="--", lw=1, label=f"target {target_rate:g}")
-    ax.set_xlabel("counted requests (completion order)")
+    ax.set_xlabel("counted requests")
     ax.set_ylabel("cloud rate", color="tab:blue")
     ax.set_ylim(0, 1)
     twin = ax.twinx()
-    twin.plot(x, lam, color="tab:orange", label="lambda")
+    twin.plot(
+        x, [r.multiplier for r in by_index], color="tab:orange", label="lambda (decision order)"
+    )
     twin.set_ylabel("lambda (multiplier)", color="tab:orange")
     if shift is not None:
         ax.axvline(shift, color="gray", ls=":", lw=1.5, label="prompt mix shifts")
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
+    ax.legend(
+        lines[0] + more[0],
+        lines[1] + more[1],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncol=2,
+        fontsize=8,
+    )
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
