@@ -14,8 +14,9 @@ measurements, both on the same prompts and seeds each way:
   decode) and ``edge_small`` called straight through the Triton client with the same steps.
   The ratio is the median over prompts of router latency / direct latency (paired, so drift of
   a shared host cancels); the issue's goal is <= 1.03;
-- end-to-end images/s at each ``--rates`` target cloud rate: ``--requests`` AUTO Generate calls
-  with ``--concurrency`` in flight, then the same prompts and seeds sent straight to Triton on
+- end-to-end images/s at each ``--rates`` target cloud rate: lambda and eta set for the rate
+  (SetBudget, calibrated as `t2i-router demo` does), ``--requests`` AUTO Generate calls with
+  ``--concurrency`` in flight, then the same prompts and seeds sent straight to Triton on
   the choice (engine and steps) the router picked for each, at the same concurrency, so both
   sides make exactly the same images.
 """
@@ -34,6 +35,7 @@ import grpc
 import numpy as np
 from router_load import make_estimator
 
+from t2i_router.router.demo_report import calibrate_budget
 from t2i_router.router.server import RouterConfig, RouterService, build_router
 from t2i_router.triton import ManagedTritonServer, TritonClient, TritonServerConfig, connect
 from t2i_router.world import sample_prompts
@@ -93,9 +95,32 @@ async def _pool(n: int, concurrency: int, one) -> tuple[float, int]:
     return time.perf_counter() - t0, errors
 
 
-async def throughput(stub, client, prompts: list[str], seed0: int, rate: float, c: int) -> dict:
+async def calibrate(router, estimator, rate: float, tau_decisions: float):
+    """lambda* and eta for ``rate`` from the policy's own cloud share on 256 sampled prompts.
+
+    The controller's warm start reads the two-engine score, which misses the argmax going to
+    cloud_large@10 (`router.demo_report.calibrate_budget`); without this a short run would
+    measure a mix far from the target.
+    """
+    q = await estimator.predict([t for t, _ in sample_prompts(256, seed=0)])  # (N, M, K)
+    return calibrate_budget(
+        lambda lam: float(router.policy.decide(q, lam, "auto").cloud.mean()),
+        rate,
+        tau_decisions,
+        router.budget.snapshot().lambda_max,
+        max_eta=0.05,
+    )
+
+
+async def throughput(
+    stub, client, calibration, prompts: list[str], seed0: int, rate: float, c: int
+) -> dict:
     """AUTO through the router at ``rate``, then the same choices straight to Triton."""
-    await stub.SetBudget(router_pb2.SetBudgetRequest(target_rate=rate))
+    await stub.SetBudget(
+        router_pb2.SetBudgetRequest(
+            target_rate=rate, eta=calibration.eta, multiplier=calibration.multiplier
+        )
+    )
     chosen: dict[int, tuple[str, int]] = {}
 
     async def routed(i: int) -> None:
@@ -123,6 +148,8 @@ async def throughput(stub, client, prompts: list[str], seed0: int, rate: float, 
         "router_images_per_s": round(len(chosen) / router_s, 3),
         "direct_images_per_s": round(len(done) / direct_s, 3),
         "ratio": round((len(chosen) / router_s) / (len(done) / direct_s), 4),
+        "calibrated_multiplier": round(calibration.multiplier, 6),
+        "eta": round(calibration.eta, 6),
     }
 
 
@@ -153,8 +180,11 @@ async def run(args: argparse.Namespace, triton_url: str) -> dict:
                 result["throughput"] = {}
                 for k, rate in enumerate(args.rates):
                     batch = [t for t, _ in sample_prompts(args.requests, seed=10 + k)]
+                    calibration = await calibrate(
+                        router, estimator, rate, max(4.0, args.requests / 8)
+                    )
                     result["throughput"][str(rate)] = await throughput(
-                        stub, client, batch, 1000 * (k + 1), rate, args.concurrency
+                        stub, client, calibration, batch, 1000 * (k + 1), rate, args.concurrency
                     )
         finally:
             await service.stop()

@@ -36,4 +36,5 @@ def test_router_e2e_reports_overhead_and_images_per_s_without_errors(tmp_path):
     for rate, t in result["throughput"].items():
         assert t["errors"] == 0 and t["requests"] == 6 and t["target_rate"] == float(rate)
         assert t["router_images_per_s"] > 0 and t["direct_images_per_s"] > 0
+        assert t["calibrated_multiplier"] >= 0 and t["eta"] > 0
         assert t["ratio"] >= MIN_THROUGHPUT_RATIO
