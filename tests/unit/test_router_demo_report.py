@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from t2i_router.router.demo import DemoConfig, baseline_sample, demo_prompts
+from t2i_router.router.demo import DemoConfig, demo_prompts
 from t2i_router.router.demo_report import (
     DemoRecord,
+    baseline_sample,
     calibrate_budget,
     latency_summary,
     plot_grid,

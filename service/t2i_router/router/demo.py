@@ -35,7 +35,6 @@ names the estimator folder and its weights' hash either way.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import logging
@@ -49,7 +48,9 @@ import numpy as np
 from t2i_router.errors import InvalidRequest, Unavailable
 from t2i_router.router.demo_report import (
     DemoRecord,
+    baseline_sample,
     calibrate_budget,
+    describe_estimator,
     latency_summary,
     plot_grid,
     plot_rate_lambda,
@@ -59,7 +60,7 @@ from t2i_router.router.demo_report import (
 from t2i_router.router.estimator import DEFAULT_ESTIMATOR_DIR
 from t2i_router.world import mean_alignment, parse_prompt, sample_prompts, score_images
 
-__all__ = ["DemoConfig", "demo_prompts", "describe_estimator", "run_demo"]
+__all__ = ["DemoConfig", "demo_prompts", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +145,6 @@ def demo_prompts(config: DemoConfig) -> list[tuple[str, str]]:
         ]
         out.extend((per_level[i % len(levels)][i // len(levels)][0], phase) for i in range(n))
     return out
-
-
-def describe_estimator(folder: Path) -> dict[str, Any]:
-    """The estimator's folder, feature kind and the hash of its weights (for the summary)."""
-    config_path = folder / "config.json"
-    features = None
-    if config_path.is_file():
-        features = json.loads(config_path.read_text()).get("features")
-    digest = hashlib.sha256()
-    for weights in sorted(folder.glob("*.safetensors")):
-        digest.update(weights.read_bytes())
-    return {"dir": str(folder), "features": features, "weights_sha256": digest.hexdigest()[:16]}
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -334,15 +323,6 @@ async def _baseline(
         for k, image in zip(rows, made):
             images[k] = image
     return np.stack(images)  # (N, 32, 32, 3)
-
-
-def baseline_sample(records: list[DemoRecord], n: int) -> list[DemoRecord]:
-    """``n`` records evenly spaced in sending order (both phases alike); all when n is 0."""
-    by_index = sorted(records, key=lambda r: r.index)
-    if n <= 0 or n >= len(by_index):
-        return by_index
-    keep = np.unique(np.linspace(0, len(by_index) - 1, n).round().astype(int))
-    return [by_index[k] for k in keep]
 
 
 def _alignment(images: np.ndarray, prompts: list[str]) -> np.ndarray:

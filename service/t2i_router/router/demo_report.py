@@ -6,6 +6,8 @@ server here, so they are tested with hand-made records. The figures use matplotl
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,9 @@ __all__ = [
     "STAGES",
     "BudgetCalibration",
     "DemoRecord",
+    "baseline_sample",
     "calibrate_budget",
+    "describe_estimator",
     "latency_summary",
     "plot_grid",
     "plot_rate_lambda",
@@ -109,6 +113,27 @@ def calibrate_budget(
     width = crossing(max(target_rate - band, 0.0)) - crossing(min(target_rate + band, 1.0))
     slope = 2 * band / max(width, 1e-9)
     return BudgetCalibration(star, slope, min(1.0 / (tau_decisions * slope), max_eta))
+
+
+def describe_estimator(folder: Path) -> dict[str, Any]:
+    """The estimator's folder, feature kind and the hash of its weights (for the summary)."""
+    config_path = folder / "config.json"
+    features = None
+    if config_path.is_file():
+        features = json.loads(config_path.read_text()).get("features")
+    digest = hashlib.sha256()
+    for weights in sorted(folder.glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    return {"dir": str(folder), "features": features, "weights_sha256": digest.hexdigest()[:16]}
+
+
+def baseline_sample(records: list[DemoRecord], n: int) -> list[DemoRecord]:
+    """``n`` records evenly spaced in sending order (both phases alike); all when n is 0."""
+    by_index = sorted(records, key=lambda r: r.index)
+    if n <= 0 or n >= len(by_index):
+        return by_index
+    keep = np.unique(np.linspace(0, len(by_index) - 1, n).round().astype(int))
+    return [by_index[k] for k in keep]
 
 
 def rate_series(records: Sequence[DemoRecord]) -> tuple[np.ndarray, np.ndarray]:
