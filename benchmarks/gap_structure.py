@@ -102,7 +102,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['data_version']}`; {report['labelled_prompts_asked']} prompts asked for, the "
         "prompts labelled for both choices so far are measured). Quality = mean alignment; gap "
         "= cloud - edge. Split halves: seeds 1..S/2 vs the rest. Written by "
-        "`benchmarks/gap_structure.py`.",
+        "`.venv/bin/python benchmarks/gap_structure.py --labels data/labels --out "
+        "docs/gap_structure` (on the labels committed with this page).",
         "",
         "| level | " + " | ".join(_COLUMNS.values()) + " |",
         "|---|" + "---|" * len(_COLUMNS),
