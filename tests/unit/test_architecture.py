@@ -279,3 +279,12 @@ def test_a_module_over_400_lines_says_why_at_its_top() -> None:
         and not path.read_text().startswith(REASON)
     }
     assert long == {}, f"over {MAX_LINES} lines without a reason at the top: {long}"
+
+
+def test_test_files_have_unique_basenames() -> None:
+    """pytest imports test files by basename (rootdir-relative, no __init__.py): two files named
+    alike in tests/ and benchmarks/ stop collection with an import-file-mismatch error."""
+    root = Path(__file__).resolve().parents[2]
+    names = [p.name for d in ("tests", "benchmarks") for p in (root / d).rglob("test_*.py")]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    assert repeated == [], f"test files share a basename: {repeated}"
