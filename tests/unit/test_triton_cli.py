@@ -111,7 +111,12 @@ def test_committed_triton_repo_is_the_builders_output(tmp_path, monkeypatch):
     build_repository("triton_repo", "models", estimator_dir=estimator_dir)
 
     def files(repo: Path) -> dict[str, str]:
-        return {str(p.relative_to(repo)): p.read_text() for p in repo.rglob("*") if p.is_file()}
+        # Triton's Python backend leaves __pycache__ in a repository it served (ignored by git).
+        return {
+            str(p.relative_to(repo)): p.read_text()
+            for p in repo.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        }
 
     built, committed = files(tmp_path / "triton_repo"), files(root / "triton_repo")
     assert sorted(committed) == sorted(built)
