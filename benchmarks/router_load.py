@@ -74,6 +74,17 @@ def summary(latencies_s: list[float], wall_s: float, errors: int) -> dict:
     }
 
 
+async def timed_route(stub, prompt: str, latencies: list[float]) -> bool:
+    """One dry-run Route call; its latency is appended when it succeeds (returns False if not)."""
+    start = time.perf_counter()
+    try:
+        await stub.Route(router_pb2.RouteRequest(prompts=[prompt], dry_run=True))
+    except grpc.aio.AioRpcError:
+        return False
+    latencies.append(time.perf_counter() - start)
+    return True
+
+
 async def closed_loop(stub, prompts: list[str], n: int, concurrency: int) -> dict:
     latencies, errors, next_i = [], 0, 0
 
@@ -81,15 +92,7 @@ async def closed_loop(stub, prompts: list[str], n: int, concurrency: int) -> dic
         nonlocal errors, next_i
         while next_i < n:
             i, next_i = next_i, next_i + 1
-            start = time.perf_counter()
-            try:
-                await stub.Route(
-                    router_pb2.RouteRequest(prompts=[prompts[i % len(prompts)]], dry_run=True)
-                )
-            except grpc.aio.AioRpcError:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - start)
+            errors += not await timed_route(stub, prompts[i % len(prompts)], latencies)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -101,15 +104,7 @@ async def open_loop(stub, prompts: list[str], rate: float, duration_s: float) ->
 
     async def one(i: int) -> None:
         nonlocal errors
-        start = time.perf_counter()
-        try:
-            await stub.Route(
-                router_pb2.RouteRequest(prompts=[prompts[i % len(prompts)]], dry_run=True)
-            )
-        except grpc.aio.AioRpcError:
-            errors += 1
-            return
-        latencies.append(time.perf_counter() - start)
+        errors += not await timed_route(stub, prompts[i % len(prompts)], latencies)
 
     n = int(rate * duration_s)
     start = time.perf_counter()
