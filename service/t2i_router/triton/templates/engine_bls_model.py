@@ -5,9 +5,18 @@ sampling live in `t2i_router.engines.serving`, as in the CPU repository; every U
 the `<engine>_unet` TensorRT model through BLS (`t2i_router.triton.backend.BlsDenoiser`).
 """
 
+import os
+import sys
+
 import triton_python_backend_utils as pb_utils
 
-from t2i_router.triton.backend import execute_engine, load_bls_server, model_parameters
+# The stub's embedded Python ignores PYTHONPATH (measured: sys.path lacks it, so an editable
+# install elsewhere wins). Honour it as python3 would, before t2i_router is first imported.
+for _entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    if _entry and _entry not in sys.path:
+        sys.path.insert(0, _entry)
+
+from t2i_router.triton.backend import execute_engine, load_bls_server, model_parameters  # noqa: E402
 
 
 class TritonPythonModel:

@@ -5,9 +5,18 @@ sampling through ONNX Runtime) lives in `t2i_router.engines.serving`, the pb_uti
 in `t2i_router.triton.backend`.
 """
 
+import os
+import sys
+
 import triton_python_backend_utils as pb_utils
 
-from t2i_router.triton.backend import execute_engine, load_engine_server
+# The stub's embedded Python ignores PYTHONPATH (measured: sys.path lacks it, so an editable
+# install elsewhere wins). Honour it as python3 would, before t2i_router is first imported.
+for _entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    if _entry and _entry not in sys.path:
+        sys.path.insert(0, _entry)
+
+from t2i_router.triton.backend import execute_engine, load_engine_server  # noqa: E402
 
 
 class TritonPythonModel:
