@@ -35,7 +35,6 @@ import grpc
 import numpy as np
 from router_load import make_estimator
 
-from t2i_router.router.demo_report import calibrate_budget
 from t2i_router.router.server import RouterConfig, RouterService, build_router
 from t2i_router.triton import ManagedTritonServer, TritonClient, TritonServerConfig, connect
 from t2i_router.world import sample_prompts
@@ -93,23 +92,6 @@ async def _pool(n: int, concurrency: int, one) -> tuple[float, int]:
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return time.perf_counter() - t0, errors
-
-
-async def calibrate(router, estimator, rate: float, tau_decisions: float):
-    """lambda* and eta for ``rate`` from the policy's own cloud share on 256 sampled prompts.
-
-    The controller's warm start reads the two-engine score, which misses the argmax going to
-    cloud_large@10 (`router.demo_report.calibrate_budget`); without this a short run would
-    measure a mix far from the target.
-    """
-    q = await estimator.predict([t for t, _ in sample_prompts(256, seed=0)])  # (N, M, K)
-    return calibrate_budget(
-        lambda lam: float(router.policy.decide(q, lam, "auto").cloud.mean()),
-        rate,
-        tau_decisions,
-        router.budget.snapshot().lambda_max,
-        max_eta=0.05,
-    )
 
 
 async def throughput(
@@ -180,9 +162,9 @@ async def run(args: argparse.Namespace, triton_url: str) -> dict:
                 result["throughput"] = {}
                 for k, rate in enumerate(args.rates):
                     batch = [t for t, _ in sample_prompts(args.requests, seed=10 + k)]
-                    calibration = await calibrate(
-                        router, estimator, rate, max(4.0, args.requests / 8)
-                    )
+                    # lambda* and eta on the policy's own cloud share (the window holds the
+                    # warm start's prompts and the traffic so far)
+                    calibration = router.calibrate(rate, max(4.0, args.requests / 8), 0.05)
                     result["throughput"][str(rate)] = await throughput(
                         stub, client, calibration, batch, 1000 * (k + 1), rate, args.concurrency
                     )

@@ -44,6 +44,7 @@ CORE = (
     "estimator.features",
     "router.policy",
     "router.budget",
+    "router.calibration",
     "router.batching",
     "router.simulate",
 )

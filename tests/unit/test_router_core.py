@@ -215,15 +215,32 @@ async def test_readiness_needs_the_estimator_and_the_edge_engine() -> None:
         await router.close()
 
 
-async def test_warm_start_sets_lambda_to_the_target_quantile_of_scores() -> None:
+async def test_warm_start_meets_the_target_share_on_its_prompts_through_the_policy() -> None:
     router = make_router(target_rate=0.25)
     try:
         lam = await router.warm_start(PROMPTS)
     finally:
         await router.close()
-    scores = make_policy().scores(TinyQualityModel().predict(PROMPTS))
-    assert lam == pytest.approx(max(float(np.quantile(scores, 0.75)), 0.0))
-    assert router.budget_snapshot().warm_started
+    q = TinyQualityModel().predict(PROMPTS)
+    policy = make_policy()
+    share = float(policy.decide(q, lam).cloud.mean())
+    # the smallest lambda whose share is <= the target: one prompt less would overshoot it
+    assert 0.25 - 1 / len(PROMPTS) - 1e-9 <= share <= 0.25
+    assert float(policy.decide(q, max(lam - 1e-6, 0.0)).cloud.mean()) > 0.25 or lam == 0.0
+    assert router.budget_snapshot().warm_started and len(router.window) == len(PROMPTS)
+
+
+async def test_calibrate_gives_lambda_star_and_eta_on_the_routers_window() -> None:
+    router = make_router(target_rate=0.25)
+    try:
+        with pytest.raises(InvalidRequest, match="window is empty"):
+            router.calibrate(0.25, tau_decisions=10, max_eta=1.0)
+        lam = await router.warm_start(PROMPTS)
+        c = router.calibrate(0.25, tau_decisions=10, max_eta=1.0)
+    finally:
+        await router.close()
+    assert c.multiplier == pytest.approx(lam)
+    assert c.slope > 0 and c.eta == pytest.approx(min(1 / (10 * c.slope), 1.0))
 
 
 async def test_an_estimator_failure_fails_auto_prompts_but_not_forced_ones() -> None:

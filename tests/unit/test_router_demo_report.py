@@ -1,5 +1,5 @@
-"""The demo's numbers without servers: calibration of lambda and eta, the running rate's error,
-the baselines' arithmetic, the stage percentiles and the two figures from hand-made records."""
+"""The demo's numbers without servers: the running rate's error, the baselines' arithmetic,
+the stage percentiles and the two figures from hand-made records."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from t2i_router.router.demo import DemoConfig, demo_prompts
 from t2i_router.router.demo_report import (
     DemoRecord,
     baseline_sample,
-    calibrate_budget,
     latency_summary,
     plot_grid,
     plot_rate_lambda,
@@ -37,21 +36,6 @@ def record(i: int, cloud: bool, phase: str = "before", lam: float = 0.1) -> Demo
         timings_ms=timings,
         image=np.full((32, 32, 3), 10 * i, dtype=np.uint8),
     )
-
-
-def test_calibration_finds_the_lambda_that_meets_the_target_and_the_eta_for_tau():
-    scores = np.linspace(-0.1, 0.1, 1001)  # uniform: share(lam) = (0.1 - lam) / 0.2
-
-    def share(lam: float) -> float:
-        return float(np.mean(scores > lam))
-
-    c = calibrate_budget(share, 0.3, tau_decisions=20, lambda_max=1.0, max_eta=1.0)
-    assert c.multiplier == pytest.approx(0.04, abs=1e-3)
-    assert c.slope == pytest.approx(5.0, rel=0.02)
-    assert c.eta == pytest.approx(1 / (20 * 5.0), rel=0.02)
-    assert calibrate_budget(share, 0.3, 20, 1.0, max_eta=1e-3).eta == 1e-3
-    # a share the target cannot reach stays at a bound
-    assert calibrate_budget(lambda lam: 0.0, 0.3, 20, 1.0, 1.0).multiplier == 0.0
 
 
 def test_rate_summary_reports_final_and_worst_error_after_warmup():

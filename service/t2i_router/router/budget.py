@@ -40,9 +40,12 @@ recovery time wanted), estimate f from recent scores (`score_density`) and set
 error's noise grows like sqrt(tau) / T and the warm-start error like tau / T.
 
 Warm start. Started at lambda = 0 the first decisions would all go to the cloud. `warm_start`
-sets lambda to the (1 - share) quantile of recent scores (share = the target rate, or in cost mode
-the cloud share that meets the target cost between the edge and cloud costs), so that the
-first decisions already meet the target.
+sets lambda where the first decisions already meet the target. With an ``outcome_model`` (the
+router sets one: lambda -> (cloud share, mean cost) of its policy on recent traffic, see
+`calibration`) lambda* is solved on the policy's outcome itself, which is right for any number of
+choices. Without one it falls back to the (1 - share) quantile of recent two-engine scores
+(share = the target rate, or in cost mode the cloud share that meets the target cost between the
+edge and cloud costs), exact for two choices only.
 
 Forced and fallback decisions (`counted=False`) are tallied but move neither lambda nor the
 running rate.
@@ -75,6 +78,7 @@ from typing import Any, Literal
 import numpy as np
 
 from t2i_router.errors import InvalidRequest
+from t2i_router.router.calibration import solve_multiplier
 
 __all__ = [
     "STATE_FILE",
@@ -262,6 +266,8 @@ class BudgetController:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._scores: deque[float] = deque(maxlen=config.score_window)
+        #: lambda -> (cloud share, mean cost) on recent traffic; the warm start solves on it.
+        self.outcome_model: Callable[[float], tuple[float, float]] | None = None
         self._mode: BudgetMode = config.mode
         self._target_rate = config.target_rate
         self._target_cost = config.target_cost
@@ -304,29 +310,37 @@ class BudgetController:
             self._scores.extend(float(s) for s in values if math.isfinite(s))
 
     def warm_start(self, scores: Sequence[float] | np.ndarray | None = None) -> float:
-        """Sets lambda to the (1 - share) quantile of scores, so that share of them go to cloud.
+        """Sets lambda where recent traffic meets the target (module docstring, Warm start).
+
+        Solves on `outcome_model` when there is one and it has traffic; otherwise takes the
+        (1 - share) quantile of the scores, so that share of them go to the cloud.
 
         Args:
             scores: Scores to use (also recorded); None uses the recent window.
 
         Returns:
-            The new lambda (unchanged when there are no scores).
+            The new lambda (unchanged when there is nothing to start from).
         """
         if scores is not None:
             self.record_scores(scores)
+        solved = self._solve_on_outcome()
         with self._lock:
-            if not self._scores:
+            if solved is not None:
+                new = min(max(solved, 0.0), self._lambda_max)
+            elif not self._scores:
                 log.warning("budget warm start skipped: no scores recorded yet")
                 return self._multiplier
-            share = self._cloud_share_locked()
-            q = float(np.quantile(np.fromiter(self._scores, dtype=np.float64), 1.0 - share))
-            new = min(max(q, 0.0), self._lambda_max)
+            else:
+                share = self._cloud_share_locked()
+                q = float(np.quantile(np.fromiter(self._scores, dtype=np.float64), 1.0 - share))
+                new = min(max(q, 0.0), self._lambda_max)
             # the jump is not a step: shift lambda_1 with it so that the identity stays exact
             self._multiplier_at_since += new - self._multiplier
             self._multiplier = new
             self._warm_started = True
             lam = self._multiplier
-        log.info("budget warm start: lambda=%.6g from %d scores", lam, len(self._scores))
+        how = "the policy's outcome" if solved is not None else f"{len(self._scores)} scores"
+        log.info("budget warm start: lambda=%.6g from %s", lam, how)
         self._persist(force=True)
         return lam
 
@@ -455,6 +469,21 @@ class BudgetController:
         return self._persist(force=True)
 
     # ----- internals
+
+    def _solve_on_outcome(self) -> float | None:
+        """lambda* on `outcome_model` (None without a model or without traffic in it)."""
+        model = self.outcome_model
+        if model is None:
+            return None
+        with self._lock:
+            rate_mode = self._mode == "rate"
+            target = self._target_rate if rate_mode else self._target_cost
+            top = self._lambda_max
+        try:
+            return solve_multiplier(lambda lam: model(lam)[0 if rate_mode else 1], target, top)
+        except InvalidRequest as e:  # an empty window: fall back to the scores
+            log.info("budget warm start on the policy's outcome skipped: %s", e)
+            return None
 
     def _cloud_share_locked(self) -> float:
         if self._mode == "rate":

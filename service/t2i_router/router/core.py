@@ -34,6 +34,7 @@ from PIL import Image
 from t2i_router.errors import DeadlineExceeded, InvalidRequest, ModelError, RouterError, Unavailable
 from t2i_router.router.batching import BatcherConfig, MicroBatcher
 from t2i_router.router.budget import BudgetController, BudgetSnapshot
+from t2i_router.router.calibration import BudgetCalibration, OutcomeWindow, calibrate_budget
 from t2i_router.router.estimator import Estimator
 from t2i_router.router.policy import Policy, Target
 from t2i_router.router.types import (
@@ -98,6 +99,9 @@ class Router:
         self.estimator = estimator
         self.policy = policy
         self.budget = budget
+        # Recent AUTO decisions' utilities: the warm start solves lambda* on the policy's outcome.
+        self.window = OutcomeWindow(policy.outcome, budget.config.score_window)
+        budget.outcome_model = self.window.at
         self.engines = engines
         self.limits = limits or Limits()
         self.metrics = metrics
@@ -149,7 +153,23 @@ class Router:
     async def warm_start(self, prompts: Sequence[str]) -> float:
         """Sets lambda from the estimator's scores on ``prompts`` (see `BudgetController`)."""
         q = await self.estimator.predict(list(prompts))
-        return self.budget.warm_start(self.policy.scores(q))
+        u = self.policy.utilities(q)
+        self.window.add(u)
+        return self.budget.warm_start(self.policy.scores_from_utilities(u))
+
+    def calibrate(
+        self, target_rate: float, tau_decisions: float, max_eta: float
+    ) -> BudgetCalibration:
+        """lambda* for ``target_rate`` on recent traffic, and the eta that recovers from a shift
+        in ``tau_decisions`` counted decisions (`calibration.calibrate_budget`); apply it with
+        `set_budget`. Needs decisions in the window (the warm start puts its prompts there)."""
+        return calibrate_budget(
+            lambda lam: self.window.at(lam)[0],
+            target_rate,
+            tau_decisions,
+            self.budget.snapshot().lambda_max,
+            max_eta,
+        )
 
     # ----- budget
 
@@ -313,6 +333,7 @@ class Router:
         if q is not None:
             decisions = self.policy.decide(q, lam, "auto")
             self.budget.record_scores(decisions.scores)
+            self.window.add(decisions.utilities)
             for row, i in enumerate(auto):
                 out[i] = self._decision(decisions, row, q[row])
         if forced:

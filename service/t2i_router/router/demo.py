@@ -8,7 +8,7 @@ It starts the whole stack in this process tree: a managed tritonserver serving t
 ``--estimator`` in-process (a missing folder stops it with a one-line error), then:
 
 1. sets the target cloud rate (SetBudget; 0.3 by default) with lambda and eta calibrated on 256
-   sampled prompts (`demo_report.calibrate_budget`): lambda* where the policy's cloud share is
+   sampled prompts (`Router.calibrate`): lambda* where the policy's cloud share is
    the target, and eta so that lambda recovers from a shift with a time constant of
    ``prompts / 8`` decisions (the rule of `budget.eta_for_recovery`, at the measured slope of
    the share around lambda*);
@@ -49,7 +49,6 @@ from t2i_router.errors import InvalidRequest, Unavailable
 from t2i_router.router.demo_report import (
     DemoRecord,
     baseline_sample,
-    calibrate_budget,
     describe_estimator,
     latency_summary,
     plot_grid,
@@ -197,15 +196,8 @@ async def _run_stack(
             port = await service.start()
             if not await service.wait_serving(60):
                 raise Unavailable("the router did not become SERVING within 60 s")
-            warm = [t for t, _ in sample_prompts(router_config.warm_start_prompts, seed=0)]
-            q = await estimator.predict(warm)  # (N, M, K)
-            calibration = calibrate_budget(
-                lambda lam: float(router.policy.decide(q, lam, "auto").cloud.mean()),
-                config.target_rate,
-                config.tau_decisions,
-                router_config.lambda_max,
-                config.max_eta,
-            )
+            # the server's warm start estimated its sampled prompts into the router's window
+            calibration = router.calibrate(config.target_rate, config.tau_decisions, config.max_eta)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = router_pb2_grpc.RouterStub(channel)
                 await stub.SetBudget(
@@ -225,7 +217,7 @@ async def _run_stack(
             budget["calibration"] = {
                 **asdict(calibration),
                 "tau_decisions": config.tau_decisions,
-                "sample_prompts": len(warm),
+                "sample_prompts": len(router.window),
             }
         finally:
             await service.stop()

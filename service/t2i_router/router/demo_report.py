@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,8 @@ import numpy as np
 
 __all__ = [
     "STAGES",
-    "BudgetCalibration",
     "DemoRecord",
     "baseline_sample",
-    "calibrate_budget",
     "describe_estimator",
     "latency_summary",
     "plot_grid",
@@ -65,54 +63,6 @@ class DemoRecord:
     utility_gap: float
     timings_ms: dict[str, float]
     image: np.ndarray
-
-
-@dataclass(frozen=True)
-class BudgetCalibration:
-    """Where the policy meets the target on sample prompts, and the step size for it.
-
-    Attributes:
-        multiplier: lambda* at which the policy's cloud share on the sample is the target.
-        slope: -d(cloud share)/d(lambda) around lambda* (share +-``band`` apart).
-        eta: ``1 / (tau * slope)`` capped at ``max_eta``.
-    """
-
-    multiplier: float
-    slope: float
-    eta: float
-
-
-def calibrate_budget(
-    cloud_share: Callable[[float], float],
-    target_rate: float,
-    tau_decisions: float,
-    lambda_max: float,
-    max_eta: float,
-    band: float = 0.1,
-) -> BudgetCalibration:
-    """lambda* and eta from the policy's cloud share as a function of lambda (non-increasing).
-
-    The budget controller's own warm start takes a quantile of the two-engine routing score;
-    with more than two choices the argmax can go to a cheaper cloud choice the score does not
-    see, so the demo measures the share itself: bisection for lambda* and for the lambdas where
-    the share is target +- ``band``, whose slope sets eta (`budget.eta_for_recovery`'s rule).
-    """
-
-    def crossing(share: float) -> float:
-        lo, hi = 0.0, lambda_max
-        if cloud_share(lo) <= share:
-            return lo
-        if cloud_share(hi) > share:
-            return hi
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if cloud_share(mid) > share else (lo, mid)
-        return hi
-
-    star = crossing(target_rate)
-    width = crossing(max(target_rate - band, 0.0)) - crossing(min(target_rate + band, 1.0))
-    slope = 2 * band / max(width, 1e-9)
-    return BudgetCalibration(star, slope, min(1.0 / (tau_decisions * slope), max_eta))
 
 
 def describe_estimator(folder: Path) -> dict[str, Any]:

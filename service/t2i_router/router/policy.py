@@ -271,10 +271,7 @@ class Policy:
                 raise InvalidRequest(f"target is {t!r}, expected one of {_TARGETS}")
 
         objectives = u - multiplier * self._costs / self.config.c_scale  # (N, M)
-        if n and q is not None:
-            index = self._by_cost[np.argmax(objectives[:, self._by_cost], axis=1)]  # (N,)
-        else:
-            index = np.zeros(n, dtype=np.int64)
+        index = self._argmax(objectives) if n and q is not None else np.zeros(n, dtype=np.int64)
         t = np.array(target_list, dtype=object)
         index = np.where(t == "edge", self._edge, np.where(t == "cloud", self._cloud, index))
         index = index.astype(np.int64)
@@ -291,6 +288,25 @@ class Policy:
             multiplier=float(multiplier),
             choices=self.config.choices,
         )
+
+    def _argmax(self, objectives: np.ndarray) -> np.ndarray:
+        """Best choice per row of (N, M) objectives; ties go to the cheaper choice."""
+        return self._by_cost[np.argmax(objectives[:, self._by_cost], axis=1)]  # (N,)
+
+    def outcome(self, utilities: np.ndarray, multiplier: float) -> tuple[float, float]:
+        """(cloud share, mean cost) of AUTO decisions on utilities (N, M) at ``multiplier``.
+
+        What the budget is measured in, as a function of lambda (both non-increasing in it);
+        `calibration.solve_multiplier` finds the lambda that meets a target on recent traffic.
+        """
+        u = np.asarray(utilities, dtype=np.float64)
+        if u.ndim != 2 or u.shape[1] != len(self.config.choices) or not u.shape[0]:
+            raise InvalidRequest(
+                f"utilities have shape {u.shape}, expected (N >= 1, {len(self.config.choices)})"
+            )
+        index = self._argmax(u - multiplier * self._costs / self.config.c_scale)
+        cloud = np.array([c.engine == self._cloud_engine for c in self.config.choices])
+        return float(cloud[index].mean()), float(self._costs[index].mean())
 
 
 def prs_alpha(multiplier: float, cost_span: float, c_scale: float) -> float:
