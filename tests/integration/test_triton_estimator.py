@@ -118,3 +118,45 @@ async def test_model_config_parameters_carry_choices_metrics_and_costs(
     [output] = config["output"]
     assert output["name"] == "Q" and output["data_type"] == "TYPE_FP32"
     assert [int(d) for d in output["dims"]] == [len(estimator.choices), len(estimator.metrics)]
+
+
+async def test_router_triton_estimator_reads_its_names_from_the_model_and_predicts_as_in_process(
+    estimator_triton, estimator_dir
+):
+    from t2i_router.router.estimator import EstimatorNotFoundError, TritonEstimator
+
+    prompts = [t for t, _ in sample_prompts(5, seed=7)]
+    async with TritonClient(estimator_triton.grpc_url) as client:
+        estimator = await TritonEstimator.connect(client)
+        q = await estimator.predict(prompts)
+        assert await estimator.ready()
+        with pytest.raises(EstimatorNotFoundError, match="serves no 'no_such_model' model"):
+            await TritonEstimator.connect(client, model="no_such_model")
+    reference = QualityEstimator.load(estimator_dir)
+    assert estimator.choices == tuple(reference.choices)
+    assert estimator.metric_names == tuple(reference.metrics)
+    np.testing.assert_allclose(q, reference.predict(prompts), atol=1e-4)
+
+
+async def test_the_router_routes_on_the_estimator_triton_serves(estimator_triton, estimator_dir):
+    """`serve --estimator-runtime triton`: Route's decisions come from Triton's Q."""
+    from t2i_router.router.estimator import TritonEstimator
+    from t2i_router.router.server import RouterConfig, build_router
+
+    prompts = [t for t, _ in sample_prompts(12, seed=8)]
+    config = RouterConfig(port=0, models_dir=ROOT / "models", estimator_runtime="triton")
+    async with TritonClient(estimator_triton.grpc_url) as client:
+        router = build_router(config, await TritonEstimator.connect(client), client)
+        try:
+            lam = await router.warm_start(prompts)
+            decisions = await router.route(prompts, dry_run=True)
+        finally:
+            await router.close()
+    q = QualityEstimator.load(estimator_dir).predict(prompts)
+    reference = router.policy.decide(q, lam)  # in-process Q; Triton's agrees to 1e-4
+    names = [c.name for c in reference.choices]
+    for row, d in enumerate(decisions):
+        assert d.multiplier == pytest.approx(lam)
+        chosen = reference.objectives[row, names.index(d.choice.name)]
+        # the same choice, or one whose objective ties the best within Q's tolerance
+        assert chosen >= reference.objectives[row].max() - 2e-4, (row, d.choice.name)

@@ -93,7 +93,7 @@ async def test_triton_client_estimate_checks_its_prompts():
 def test_json_logs_are_one_object_per_line() -> None:
     import logging
 
-    from t2i_router.router.cli import JsonLogFormatter
+    from t2i_router.router.logs import JsonLogFormatter
 
     record = logging.LogRecord(
         "t2i_router.x", logging.INFO, __file__, 1, "lambda=%.2f", (0.5,), None
@@ -101,3 +101,14 @@ def test_json_logs_are_one_object_per_line() -> None:
     entry = json.loads(JsonLogFormatter().format(record))
     assert entry["message"] == "lambda=0.50" and entry["level"] == "INFO"
     assert entry["logger"] == "t2i_router.x" and entry["ts"].endswith("Z")
+
+
+def test_estimator_runtime_is_checked_by_name():
+    from t2i_router.errors import ConfigError
+    from t2i_router.router.config import RouterConfig
+
+    assert RouterConfig(estimator_runtime="triton").estimator_runtime == "triton"
+    with pytest.raises(ConfigError, match="estimator_runtime is 'gpu'"):
+        RouterConfig(estimator_runtime="gpu")
+    env = {"T2I_ROUTER_ESTIMATOR_RUNTIME": "triton"}
+    assert RouterConfig.from_env(env).estimator_runtime == "triton"

@@ -1,8 +1,9 @@
 """``t2i-router serve | demo | generate | route | budget``: the router, its demo and its clients.
 
 ``serve`` loads the trained estimator (``--estimator``, default models/quality_estimator; it
-stops with a one-line error naming the folder when there is none), starts the managed Triton on
-``triton_repo/`` (or checks ``--triton-url``), serves gRPC and prints ``serving on HOST:PORT``
+stops with a one-line error naming the folder when there is none; with ``--estimator-runtime
+triton`` it uses the repository's ``quality_estimator`` model instead), starts the managed Triton
+on ``triton_repo/`` (or checks ``--triton-url``), serves gRPC and prints ``serving on HOST:PORT``
 once health is SERVING. SIGTERM or SIGINT stops it gracefully and stops the managed Triton, so
 no process is left behind. Settings: defaults, then ``T2I_ROUTER_<FIELD>`` (see
 `RouterConfig`), then flags.
@@ -29,7 +30,6 @@ import json
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,9 @@ from t2i_router.argtypes import (
     unit_interval,
 )
 from t2i_router.errors import RouterError, Unavailable
+from t2i_router.router.config import ESTIMATOR_RUNTIMES
 
-__all__ = ["JsonLogFormatter", "add_router_parser"]
+__all__ = ["add_router_parser"]
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +59,12 @@ class RpcFailed(RouterError):
     """A call to the router failed; the message names the status code."""
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
 # ----- serve
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from t2i_router.router.estimator import load_estimator
+    from t2i_router.router.logs import JsonLogFormatter
     from t2i_router.router.server import RouterConfig
     from t2i_router.triton import ManagedTritonServer, TritonServerConfig, connect
 
@@ -102,11 +88,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
         state_dir=args.state_dir,
         metrics_port=args.metrics_port,
         estimator_dir=args.estimator,
+        estimator_runtime=args.estimator_runtime,
         target_rate=args.target_rate,
     )
     config.tokens()  # a missing or empty token file stops here, before Triton starts
     signal.signal(signal.SIGTERM, _interrupt)  # until the event loop takes over
-    estimator = load_estimator(config.estimator_dir)
+    # In Triton, the estimator is found once Triton answers (`_serve`).
+    in_process = config.estimator_runtime == "in-process"
+    estimator = load_estimator(config.estimator_dir) if in_process else None
     triton = None
     try:
         if config.triton_url is None:
@@ -123,7 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     finally:
         if triton is not None:
             triton.stop()
-        estimator.close()
+        if estimator is not None:
+            estimator.close()
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -131,6 +121,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 async def _serve(config: Any, estimator: Any, triton_url: str) -> None:
+    from t2i_router.router.estimator import TritonEstimator
     from t2i_router.router.metrics import RouterMetrics
     from t2i_router.router.server import RouterService, build_router
     from t2i_router.triton import TritonClient
@@ -140,6 +131,8 @@ async def _serve(config: Any, estimator: Any, triton_url: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with TritonClient(triton_url) as client:
+        if estimator is None:
+            estimator = await TritonEstimator.connect(client)
         metrics = RouterMetrics()
         router = build_router(config, estimator, client, metrics)
         service = RouterService(config, router, metrics)
@@ -328,6 +321,12 @@ def add_router_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", type=Path, help="where the budget state is kept")
     p.add_argument("--metrics-port", type=port, help="Prometheus port on loopback (0: free)")
     p.add_argument("--estimator", type=Path, help="estimator folder (models/quality_estimator)")
+    p.add_argument(
+        "--estimator-runtime",
+        choices=ESTIMATOR_RUNTIMES,
+        help="in-process (default: ONNX Runtime in the router, --estimator's folder) or triton "
+        "(the repository's quality_estimator model)",
+    )
     p.add_argument("--target-rate", type=unit_interval, help="initial target cloud rate")
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="(json)")
     p.set_defaults(func=cmd_serve)

@@ -21,9 +21,11 @@ from t2i_router.router.estimator import DEFAULT_ESTIMATOR_DIR
 from t2i_router.router.security import Tokens, check_exposure, read_token
 from t2i_router.router.types import Limits
 
-__all__ = ["ENV_PREFIX", "RouterConfig"]
+__all__ = ["ENV_PREFIX", "ESTIMATOR_RUNTIMES", "RouterConfig"]
 
 ENV_PREFIX = "T2I_ROUTER_"
+#: Where the quality estimator runs (`RouterConfig.estimator_runtime`).
+ESTIMATOR_RUNTIMES = ("in-process", "triton")
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,10 @@ class RouterConfig:
         triton_url: ``host:port`` of an external Triton; None starts a managed one.
         triton_repo: Model repository of the managed Triton.
         models_dir: Engine folders holding the model cards (choice costs).
-        estimator_dir: The trained estimator's folder.
+        estimator_dir: The trained estimator's folder (``estimator_runtime`` "in-process").
+        estimator_runtime: "in-process" (ONNX Runtime in the router: no network hop, the
+            lowest route latency) or "triton" (the ``quality_estimator`` model of the Triton
+            repository: one place to scale it, batched across replicas).
         edge_default: The edge engine's default choice.
         cloud_default: The cloud engine's default choice.
         health_interval_s: How often readiness is checked.
@@ -90,6 +95,7 @@ class RouterConfig:
     triton_repo: Path = Path("triton_repo")
     models_dir: Path = Path("models")
     estimator_dir: Path = DEFAULT_ESTIMATOR_DIR
+    estimator_runtime: str = "in-process"
     edge_default: str = "edge_small@8"
     cloud_default: str = "cloud_large@20"
     health_interval_s: float = 1.0
@@ -110,6 +116,11 @@ class RouterConfig:
             raise ConfigError("--tls-client-ca needs TLS (--tls-cert and --tls-key)")
         if self.max_message_bytes < 1024:
             raise ConfigError(f"max_message_bytes is {self.max_message_bytes}, must be >= 1024")
+        if self.estimator_runtime not in ESTIMATOR_RUNTIMES:
+            raise ConfigError(
+                f"estimator_runtime is {self.estimator_runtime!r}, expected one of "
+                f"{ESTIMATOR_RUNTIMES}"
+            )
         check_exposure(self.host, self.tls, self.insecure)
 
     @property

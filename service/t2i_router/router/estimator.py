@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from t2i_router.errors import ModelError, RouterError, Unavailable
+from t2i_router.errors import ModelError, NotFound, RouterError, Unavailable
 from t2i_router.estimator import EstimatorNotFoundError
 
 __all__ = [
@@ -189,6 +189,38 @@ class TritonEstimator:
             return bool(await self.client.is_model_ready(self.model, timeout_s=1.0))
         except Unavailable:
             return False
+
+    def close(self) -> None:
+        """Nothing to release: the client belongs to the caller."""
+
+    @classmethod
+    async def connect(
+        cls, client: Any, model: str = TRITON_ESTIMATOR_MODEL, timeout_s: float | None = 10.0
+    ) -> TritonEstimator:
+        """The estimator Triton serves as ``model``, its choice and metric names read from the
+        model's config parameters (``choices``, ``metrics``; `triton build-repo --estimator`).
+
+        Raises:
+            EstimatorNotFoundError: Triton serves no such model, or it lacks those parameters.
+            Unavailable: Triton cannot be reached.
+        """
+        try:
+            params = await client.model_parameters(model, timeout_s=timeout_s)
+        except NotFound as e:
+            raise EstimatorNotFoundError(
+                f"Triton serves no {model!r} model ({e}); build the repository with a trained "
+                "estimator (`t2i-router triton build-repo --estimator DIR`) or serve it "
+                "in-process (--estimator-runtime in-process)"
+            ) from e
+        choices = [c for c in params.get("choices", "").split(",") if c]
+        metrics = [m for m in params.get("metrics", "").split(",") if m]
+        if not choices or not metrics:
+            raise EstimatorNotFoundError(
+                f"Triton model {model!r} has no 'choices'/'metrics' parameters (got "
+                f"{sorted(params)}): it was not built by `t2i-router triton build-repo`"
+            )
+        log.info("quality estimator served by Triton as %s: %d choices", model, len(choices))
+        return cls(client, choices, metrics, model=model, timeout_s=timeout_s)
 
 
 def load_estimator(folder: str | Path) -> InProcessEstimator:

@@ -30,6 +30,7 @@ from t2i_router.errors import (
     DeadlineExceeded,
     InvalidRequest,
     ModelError,
+    NotFound,
     ResourceExhausted,
     RouterError,
     Unavailable,
@@ -320,6 +321,25 @@ class TritonClient:
             return bool(await self._client.is_model_ready(model, client_timeout=timeout_s))
         except InferenceServerException as e:
             raise translate_error(e, f"readiness of {model} at {self.grpc_url}") from e
+
+    async def model_parameters(self, model: str, timeout_s: float | None = None) -> dict[str, str]:
+        """The string parameters of ``model``'s config (``parameters { key: ... }``).
+
+        Raises:
+            NotFound: The server has no such model loaded.
+            Unavailable: The server cannot be reached.
+        """
+        try:
+            response = await self._client.get_model_config(
+                model, as_json=True, client_timeout=timeout_s
+            )
+        except InferenceServerException as e:
+            context = f"config of {model} at {self.grpc_url}"
+            if (e.status() or "").endswith("NOT_FOUND"):
+                raise NotFound(f"{context}: no such model is loaded: {e.message()}") from e
+            raise translate_error(e, context) from e
+        params = response.get("config", {}).get("parameters", {})
+        return {k: str(v.get("string_value", "")) for k, v in params.items()}
 
     async def repository_index(self, timeout_s: float | None = None) -> list[ModelState]:
         """Every model in the server's repository with its state, sorted by name.
