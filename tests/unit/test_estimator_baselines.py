@@ -289,3 +289,36 @@ def test_evaluate_finds_the_moe_in_the_models_folder_and_compares_every_method_t
     assert set(payload["cost_quality"]) == {"moe", "level", "oracle"}
     # The fake MoE always picks cloud_large@20: its routed curve never beats that choice.
     assert payload["cost_quality"]["moe"]["vs_fixed"][-1]["margin"] == pytest.approx(0, abs=1e-9)
+
+
+class _FakeEdgeMoe(_FakeMoe):
+    def predict(self, prompts):
+        q = np.zeros((len(prompts), 4, len(ASPECTS)))
+        q[:, 2, :6] = 0.9  # edge_small@8 in its own order
+        return q
+
+
+def test_evaluate_compares_named_moe_variants_to_the_moe(tmp_path, label_dir, monkeypatch):
+    models = tmp_path / "models"
+    for engine in ("edge_small", "cloud_large"):
+        (models / engine).mkdir(parents=True)
+        shutil.copy(REPO / "models" / engine / "model_card.json", models / engine)
+    loads = {"main": _FakeMoe(), "ablated": _FakeEdgeMoe()}
+    fake = types.SimpleNamespace(
+        QualityEstimator=types.SimpleNamespace(load=lambda d: loads[Path(d).name])
+    )
+    monkeypatch.setitem(sys.modules, "t2i_router.estimator.quality", fake)
+    payload = evaluate(
+        label_dir,
+        tmp_path / "eval",
+        ["level"],
+        model_dir=tmp_path / "main",
+        models_dir=models,
+        variants={"no_gate": tmp_path / "ablated"},
+    )
+    assert payload["reference"] == "moe"
+    assert set(payload["bootstrap"]["difference_from_reference"]) == {"level", "no_gate", "random"}
+    assert "no_gate" in (tmp_path / "eval" / "evaluation.md").read_text()
+    with pytest.raises(InvalidRequest, match="variant name 'knn' is taken"):
+        evaluate(label_dir, tmp_path / "e2", ["level"], models_dir=models,
+                 variants={"knn": tmp_path / "ablated"})  # fmt: skip

@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,9 +109,10 @@ class MoeMethod(MethodBase):
 
     name = "moe"
 
-    def __init__(self, estimator: Any, choices: Sequence[str]) -> None:
+    def __init__(self, estimator: Any, choices: Sequence[str], name: str = "moe") -> None:
         super().__init__()
         self.estimator, self.choices = estimator, list(choices)
+        self.name = name
 
     def fit(self, train: LabelSet, val: LabelSet | None = None) -> None:
         """Already trained by ``t2i-router estimator train``; only checks its choices."""
@@ -131,7 +132,7 @@ class MoeMethod(MethodBase):
         return utilities_from_q(q[:, self.order])
 
 
-def load_moe(model_dir: str | Path, choices: Sequence[str]) -> MoeMethod:
+def load_moe(model_dir: str | Path, choices: Sequence[str], name: str = "moe") -> MoeMethod:
     """Load the trained MoE from ``model_dir`` (a lazy import of its package).
 
     Raises:
@@ -146,7 +147,7 @@ def load_moe(model_dir: str | Path, choices: Sequence[str]) -> MoeMethod:
             f"lacks ({e}); leave out --model or train it with `t2i-router estimator train`"
         ) from e
     estimator = QualityEstimator.load(model_dir)
-    return MoeMethod(estimator, getattr(estimator, "choices", None) or choices)
+    return MoeMethod(estimator, getattr(estimator, "choices", None) or choices, name)
 
 
 def _load_splits(labels_dir: Path) -> tuple[LabelSet, LabelSet | None, LabelSet]:
@@ -177,6 +178,7 @@ def evaluate(
     models_dir: str | Path = "models",
     config: EvaluateConfig | None = None,
     cache: EmbeddingCache | None = None,
+    variants: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Fit ``methods`` (default all of `METHODS`) and the MoE, evaluate them on the test split.
 
@@ -188,6 +190,7 @@ def evaluate(
         models_dir: Engines' folder (model cards give the choices' costs).
         config: Bootstrap and training settings.
         cache: Pooled embeddings to reuse (default a fresh cache).
+        variants: More trained MoEs (e.g. ablations) by name -> folder, evaluated beside it.
 
     Returns:
         The payload written to ``evaluation.json``.
@@ -205,6 +208,10 @@ def evaluate(
         model_dir = models_dir / DEFAULT_MOE_DIR
     if model_dir is not None:
         built.insert(0, load_moe(model_dir, [c.name for c in test.choices]))
+    for name, folder in (variants or {}).items():
+        if name in METHODS or name == "moe" or name in {m.name for m in built}:
+            raise InvalidRequest(f"variant name {name!r} is taken by a method; choose another")
+        built.append(load_moe(folder, [c.name for c in test.choices], name))
 
     prompts = list(test.prompts)
     scores, utilities, info = {}, {}, {}
@@ -348,7 +355,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         ),
     )
     methods = [m for m in args.methods.split(",") if m.strip()]
-    payload = evaluate(args.labels, args.out, methods, args.model, args.models_dir, config)
+    variants = {}
+    for spec in args.variant or ():
+        name, sep, folder = spec.partition("=")
+        if not (sep and name and folder):
+            raise InvalidRequest(f"--variant {spec!r} is not NAME=DIR")
+        variants[name] = folder
+    payload = evaluate(
+        args.labels, args.out, methods, args.model, args.models_dir, config, variants=variants
+    )
     summary = {m: v["apgr"]["estimate"] for m, v in payload["bootstrap"]["metrics"].items()}
     json.dump({"out": str(args.out), "apgr": summary}, sys.stdout)
     sys.stdout.write("\n")
@@ -366,6 +381,12 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: all)")
     p.add_argument("--model", help=f"MoE folder (default: MODELS_DIR/{DEFAULT_MOE_DIR} if present)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME=DIR",
+        help="another trained MoE (an ablation) evaluated beside the MoE; repeatable",
+    )
     p.add_argument("--models-dir", default="models", help="engines and their cards")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap and random seed")
