@@ -79,8 +79,8 @@ class JsonLogFormatter(logging.Formatter):
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from t2i_router.router.estimator import load_estimator
-    from t2i_router.router.server import RouterConfig
-    from t2i_router.triton import ManagedTritonServer, TritonServerConfig, connect
+    from t2i_router.router.server import RouterConfig, triton_supervisor
+    from t2i_router.triton import connect
 
     if args.log_format == "json":
         for handler in logging.getLogger().handlers:
@@ -109,17 +109,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     estimator = load_estimator(config.estimator_dir)
     triton = None
     try:
-        if config.triton_url is None:
-            triton = ManagedTritonServer(
-                TritonServerConfig(
-                    model_repository=config.triton_repo, startup_timeout_s=config.ready_timeout_s
-                )
-            )
+        if config.triton_url is None:  # managed: restarted when it dies
+            triton = triton_supervisor(config)
             triton.start()
             url = triton.grpc_url
-        else:
+        else:  # external: the client reconnects when it comes back
             url = connect(config.triton_url).grpc_url
-        asyncio.run(_serve(config, estimator, url))
+        asyncio.run(_serve(config, estimator, url, triton))
     finally:
         if triton is not None:
             triton.stop()
@@ -130,7 +126,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-async def _serve(config: Any, estimator: Any, triton_url: str) -> None:
+async def _serve(config: Any, estimator: Any, triton_url: str, supervisor: Any = None) -> None:
     from t2i_router.router.metrics import RouterMetrics
     from t2i_router.router.server import RouterService, build_router
     from t2i_router.triton import TritonClient
@@ -145,6 +141,8 @@ async def _serve(config: Any, estimator: Any, triton_url: str) -> None:
         service = RouterService(config, router, metrics)
         try:
             port_ = await service.start()
+            if supervisor is not None:
+                service.follow(supervisor)
             serving = asyncio.ensure_future(service.wait_serving(config.ready_timeout_s))
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

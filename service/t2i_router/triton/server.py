@@ -30,6 +30,7 @@ from t2i_router.triton.launch.environment import prepare_tritonserver, triton_en
 from t2i_router.triton.launch.logs import LOG_TAIL_LINES, port_in_use, read_log_tail
 from t2i_router.triton.launch.ports import check_port_free, pick_free_ports
 from t2i_router.triton.launch.process import (
+    OwnerThread,
     is_process_alive,
     pdeathsig_preexec,
     process_group_members,
@@ -87,8 +88,12 @@ class ManagedTritonServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, cancel: threading.Event | None = None) -> None:
         """Starts tritonserver and returns once it reports ready (every model loaded).
+
+        Args:
+            cancel: Set from another thread, stops waiting for readiness: the server is stopped
+                and TritonStartError raised (how a supervisor's stop interrupts a restart).
 
         Raises:
             PortInUseError: A requested port is taken (found before start, or in Triton's log).
@@ -130,11 +135,16 @@ class ManagedTritonServer:
         except OSError as e:
             raise TritonStartError(f"cannot start {command[0]} (log {log_path}): {e}") from e
         self._running = _Running(process=process, ports=ports, log_path=log_path)
-        if cfg.die_with_parent and threading.current_thread() is not threading.main_thread():
+        thread = threading.current_thread()
+        if (
+            cfg.die_with_parent
+            and thread is not threading.main_thread()
+            and not isinstance(thread, OwnerThread)
+        ):
             log.warning(
                 "tritonserver pid %d was started from thread %r and dies when that thread ends",
                 process.pid,
-                threading.current_thread().name,
+                thread.name,
             )
         # Triton starts gRPC, then HTTP, then metrics, and exits if any of them cannot bind, so
         # gRPC readiness alone can be seen just before an exit; every endpoint must answer.
@@ -145,12 +155,15 @@ class ManagedTritonServer:
             ready = wait_until_ready(
                 self.grpc_url,
                 cfg.startup_timeout_s,
-                is_alive=lambda: process.poll() is None,
+                is_alive=lambda: process.poll() is None and not (cancel and cancel.is_set()),
                 http_probe_urls=probes,
             )
         except BaseException:
             self.stop()
             raise
+        if cancel is not None and cancel.is_set():
+            self.stop()
+            raise TritonStartError(f"tritonserver start cancelled (log {log_path})")
         if not ready or process.poll() is not None:
             exit_status = process.poll()
             self.stop()
@@ -189,6 +202,11 @@ class ManagedTritonServer:
     def running(self) -> bool:
         """True while the server process is alive."""
         return self._running is not None and self._running.process.poll() is None
+
+    @property
+    def exit_status(self) -> int | None:
+        """The exit status of a server that exited by itself; None while it runs or when stopped."""
+        return None if self._running is None else self._running.process.poll()
 
     @property
     def pid(self) -> int:

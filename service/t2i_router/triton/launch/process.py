@@ -13,11 +13,13 @@ import ctypes
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "OwnerThread",
     "is_process_alive",
     "pdeathsig_preexec",
     "process_group_members",
@@ -100,6 +102,14 @@ def terminate_process_group(
     left = process_group_members(pid)
     if left:
         log.warning("processes %s of group %d survived SIGKILL", left, pid)
+
+
+class OwnerThread(threading.Thread):
+    """A thread meant to live as long as the servers it starts (a supervisor's).
+
+    A server started with ``die_with_parent`` from any other thread but the main one is logged
+    as a likely mistake (it dies when that thread ends); from an OwnerThread that is the intent.
+    """
 
 
 def pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
