@@ -9,10 +9,12 @@ import threading
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from router_fakes import FakeEngines, make_router
 
-from t2i_router.router.server import RouterConfig, RouterService
+from t2i_router.errors import InvalidRequest
+from t2i_router.router.server import RouterConfig, RouterService, triton_supervisor
 from t2i_router_client import SERVICE_NAME
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -76,3 +78,23 @@ async def test_health_drops_at_once_when_triton_dies_and_returns_fast_when_it_is
     finally:
         await service.stop()
     assert supervisor.subscribers == []  # stop unsubscribed
+
+
+def test_restart_settings_come_from_the_environment_into_the_supervisor(tmp_path) -> None:
+    environ = {
+        "T2I_ROUTER_TRITON_RESTART_INITIAL_S": "2.5",
+        "T2I_ROUTER_TRITON_RESTART_MAX_S": "60",
+        "T2I_ROUTER_TRITON_UNHEALTHY_S": "45",
+        "T2I_ROUTER_HEALTH_INTERVAL_S": "0.5",
+    }
+    config = RouterConfig.from_env(environ, triton_repo=tmp_path)
+    supervisor = triton_supervisor(config)  # built, not started
+    policy = supervisor.backoff.policy
+    assert (policy.initial_delay_s, policy.max_delay_s) == (2.5, 60.0)
+    assert policy.reset_after_s == RouterConfig().triton_restart_reset_s
+    assert (supervisor.unhealthy_after_s, supervisor.probe_interval_s) == (45.0, 0.5)
+    assert supervisor.server.config.model_repository == tmp_path
+    with pytest.raises(InvalidRequest, match=r"initial 40\.0 s, max 30\.0 s"):
+        RouterConfig(triton_restart_initial_s=40.0)
+    with pytest.raises(InvalidRequest, match="state_flush_interval_s is -1"):
+        RouterConfig(state_flush_interval_s=-1)

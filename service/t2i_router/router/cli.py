@@ -2,7 +2,8 @@
 
 ``serve`` loads the trained estimator (``--estimator``, default models/quality_estimator; it
 stops with a one-line error naming the folder when there is none), starts the managed Triton on
-``triton_repo/`` (or checks ``--triton-url``), serves gRPC and prints ``serving on HOST:PORT``
+``triton_repo/`` and restarts it when it dies (or checks ``--triton-url``, and reconnects to it
+when it comes back), serves gRPC and prints ``serving on HOST:PORT``
 once health is SERVING. SIGTERM or SIGINT stops it gracefully and stops the managed Triton, so
 no process is left behind. Settings: defaults, then ``T2I_ROUTER_<FIELD>`` (see
 `RouterConfig`), then flags.

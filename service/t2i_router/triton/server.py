@@ -35,6 +35,7 @@ from t2i_router.triton.launch.process import (
     pdeathsig_preexec,
     process_group_members,
     process_start_ticks,
+    python_backend_shm_files,
     terminate_process_group,
 )
 from t2i_router.triton.launch.readiness import wait_until_ready
@@ -67,6 +68,7 @@ class _Running:
     ports: TritonPorts
     log_path: Path
     started_monotonic_s: float = field(default_factory=time.monotonic)
+    shm_files: list[Path] = field(default_factory=list)  # the Python backend's, once ready
 
 
 class ManagedTritonServer:
@@ -168,6 +170,9 @@ class ManagedTritonServer:
             exit_status = process.poll()
             self.stop()
             raise self._start_failure(log_path, exit_status)
+        self._running.shm_files = python_backend_shm_files(
+            [process.pid, *process_group_members(process.pid)]
+        )
         elapsed_s = time.monotonic() - self._running.started_monotonic_s
         log.info("tritonserver pid %d ready in %.1f s at %s", process.pid, elapsed_s, self.grpc_url)
 
@@ -182,6 +187,13 @@ class ManagedTritonServer:
         )
         process.wait()
         log.info("tritonserver pid %d stopped (exit status %s)", process.pid, process.returncode)
+        # A server that was killed could not unlink its shared memory; its group is gone now.
+        left = [path for path in running.shm_files if path.exists()]
+        for path in left:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if left:
+            log.info("removed %d shared-memory files tritonserver left behind", len(left))
 
     def __enter__(self) -> ManagedTritonServer:
         if self._running is None:

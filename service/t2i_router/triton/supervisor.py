@@ -148,13 +148,18 @@ class TritonSupervisor:
     # -- the watching thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            reason = self._watch()
-            if reason is None:
-                return
-            self._down(reason)
-            if not self._restart():
-                return
+        try:
+            while not self._stopping.is_set():
+                reason = self._watch()
+                if reason is None:
+                    return
+                self._down(reason)
+                if not self._restart():
+                    return
+        finally:
+            # From this thread: a server it restarted dies with it (PR_SET_PDEATHSIG), so it is
+            # stopped gracefully here, before the thread ends, not SIGKILLed by the kernel after.
+            self.server.stop()
 
     def _watch(self) -> str | None:
         """Waits until the server is down (returns why) or supervision stops (returns None)."""
@@ -227,8 +232,8 @@ class TritonSupervisor:
             except Exception:  # a bug: keep trying, slower and slower, rather than give up
                 log.exception("tritonserver restart at %s failed", self.grpc_url)
                 continue
-            self.restarts += 1
             self._mark_ready()
+            self.restarts += 1
             log.info("Triton at %s is back (restart %d)", self.grpc_url, self.restarts)
             for _, on_up in self._callbacks():
                 try:
