@@ -342,8 +342,10 @@ async def test_triton_killed_during_load_fails_calls_fast_and_service_returns_wi
         running_router(url, tiny_model) as (stub_b, channel_b),
     ):
         tasks = [asyncio.ensure_future(load(s, i)) for i, s in enumerate([stub_a, stub_b] * 2)]
-        await asyncio.sleep(3.0)
-        assert any(o == "OK" for _, o in outcomes), outcomes
+        deadline = time.monotonic() + 120
+        while not any(o == "OK" for _, o in outcomes):  # served: the stack works under load
+            assert time.monotonic() < deadline, outcomes
+            await asyncio.sleep(0.05)
         old_pid = supervisor.pid
         shm = python_backend_shm_files([old_pid, *process_group_members(old_pid)])
         assert shm, "the Python backend's shared memory was not found"
@@ -357,13 +359,13 @@ async def test_triton_killed_during_load_fails_calls_fast_and_service_returns_wi
         assert failed, "no call was in flight when Triton died"
         for end_s, outcome in failed:
             assert outcome.startswith("UNAVAILABLE") and url in outcome, outcome
-            assert end_s - kill_s < 5.0, (end_s - kill_s, outcome)
+            assert end_s - kill_s < 10.0, (end_s - kill_s, outcome)
         for stub in (stub_a, stub_b):  # new calls while Triton is down: UNAVAILABLE, at once
             t0 = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await stub.Generate(router_pb2.GenerateRequest(prompt=PROMPTS[0]), timeout=60)
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert url in raised.value.details() and time.monotonic() - t0 < 5.0
+            assert url in raised.value.details() and time.monotonic() - t0 < 10.0
 
         deadline = time.monotonic() + TRITON_START_S + 30
         while supervisor.restarts < 1:
