@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,20 @@ def test_persisting_is_throttled_by_the_interval(tmp_path: Path) -> None:
     assert json.loads((tmp_path / STATE_FILE).read_text())["decisions"] == 0
     c.flush()
     assert json.loads((tmp_path / STATE_FILE).read_text())["decisions"] == 1
+
+
+def test_flush_due_writes_a_changed_state_once_the_interval_passed(tmp_path: Path) -> None:
+    c = BudgetController(BudgetConfig(state_dir=tmp_path, persist_interval_s=0.5))
+    path = tmp_path / STATE_FILE
+    assert c.flush() and not c.flush_due()  # unchanged since the write
+    c.observe([True])  # within the interval: not written by observe
+    assert json.loads(path.read_text())["decisions"] == 0
+    assert not c.flush_due()  # changed, but the interval has not passed
+    time.sleep(0.55)
+    assert c.flush_due()  # the last decision is written without another one coming
+    assert json.loads(path.read_text())["decisions"] == 1
+    time.sleep(0.55)
+    assert not c.flush_due()  # nothing changed since
 
 
 def test_writes_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:

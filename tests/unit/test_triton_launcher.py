@@ -1,10 +1,13 @@
 """Managed tritonserver pieces that need no Triton: config, ports, environment, logs, processes."""
 
+import mmap
+import os
 import socket
 import subprocess
 import sys
 import sysconfig
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from t2i_router.triton.launch.ports import check_port_free, pick_free_ports
 from t2i_router.triton.launch.process import (
     is_process_alive,
     process_group_members,
+    python_backend_shm_files,
     terminate_process_group,
 )
 
@@ -119,6 +123,26 @@ def test_terminate_process_group_kills_leader_and_children() -> None:
     assert leader.poll() is not None
     assert process_group_members(leader.pid) == []
     assert not any(is_process_alive(pid) for pid in members)
+
+
+def test_python_backend_shm_files_are_the_backends_regions_a_process_maps() -> None:
+    tag = uuid.uuid4()
+    region = Path(f"/dev/shm/triton_python_backend_shm_region_{tag}")
+    other = Path(f"/dev/shm/client_region_{tag}")  # a client's region: not ours to remove
+    maps = []
+    try:
+        for path in (region, other):
+            path.write_bytes(b"\0" * 4096)
+            with path.open("r+b") as f:
+                maps.append(mmap.mmap(f.fileno(), 4096))
+        found = python_backend_shm_files([os.getpid(), 999_999_999])  # a pid that is not there
+        assert region in found and other not in found
+    finally:
+        for m in maps:
+            m.close()
+        region.unlink(missing_ok=True)
+        other.unlink(missing_ok=True)
+    assert region not in python_backend_shm_files([os.getpid()])
 
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.parent.name)

@@ -51,7 +51,9 @@ Forced and fallback decisions (`counted=False`) are tallied but move neither lam
 running rate.
 
 Persistence. With a ``state_dir`` the state (target, lambda, counts, since) is written as JSON
-with a version at most every ``persist_interval_s`` and on every `set_target` / `flush`:
+with a version when it changed, at most every ``persist_interval_s`` (by `observe`, and by
+`flush_due`, which a server calls periodically so that the last decisions before a quiet spell
+are written too), and on every `set_target` / `flush`:
 write a temp file, fsync, ``os.replace`` (atomic), so a crash leaves the old or the new state,
 never half of one. It is restored on start (a restored state wins over the config's target and
 lambda: SetBudget is the operator's live control). An unwritable state dir is logged once as a
@@ -277,6 +279,7 @@ class BudgetController:
         self._warm_started = False
         self._reset_counts_locked()
         self._last_persist_s = -math.inf
+        self._dirty = False  # changed since the last write
         self._persist_failed = False
         self._persisted = False
         self.restored = self._restore()
@@ -374,6 +377,7 @@ class BudgetController:
             if costs_a.size != b:
                 raise InvalidRequest(f"{costs_a.size} costs for {b} decisions")
         with self._lock:
+            self._dirty = self._dirty or b > 0
             self._uncounted += int(b - counted_a.sum())
             cloud_c, costs_c = cloud_a[counted_a], costs_a[counted_a]
             if cloud_c.size:
@@ -468,6 +472,12 @@ class BudgetController:
         """Writes the state now (if there is a state dir); returns whether it was written."""
         return self._persist(force=True)
 
+    def flush_due(self) -> bool:
+        """Writes the state if it changed and ``persist_interval_s`` has passed since the last
+        write; returns whether it was written. Called periodically, it bounds what a crash
+        loses to the decisions of the last ``persist_interval_s`` plus the calling period."""
+        return self._persist(force=False)
+
     # ----- internals
 
     def _solve_on_outcome(self) -> float | None:
@@ -538,9 +548,12 @@ class BudgetController:
             return False
         now = time.monotonic()
         with self._lock:
-            if not force and now - self._last_persist_s < self.config.persist_interval_s:
+            if not force and (
+                not self._dirty or now - self._last_persist_s < self.config.persist_interval_s
+            ):
                 return False
             self._last_persist_s = now
+            self._dirty = False
             state = self._state_locked()
         with self._write_lock:
             try:
@@ -548,6 +561,7 @@ class BudgetController:
             except OSError as e:
                 with self._lock:
                     self._persisted = False
+                    self._dirty = True  # try again at the next chance
                     first = not self._persist_failed
                     self._persist_failed = True
                 if first:

@@ -3,7 +3,8 @@
 ``serve`` loads the trained estimator (``--estimator``, default models/quality_estimator; it
 stops with a one-line error naming the folder when there is none; with ``--estimator-runtime
 triton`` it uses the repository's ``quality_estimator`` model instead), starts the managed Triton
-on ``triton_repo/`` (or checks ``--triton-url``), serves gRPC and prints ``serving on HOST:PORT``
+on ``triton_repo/`` and restarts it when it dies (or checks ``--triton-url``, and reconnects to it
+when it comes back), serves gRPC and prints ``serving on HOST:PORT``
 once health is SERVING. SIGTERM or SIGINT stops it gracefully and stops the managed Triton, so
 no process is left behind. Settings: defaults, then ``T2I_ROUTER_<FIELD>`` (see
 `RouterConfig`), then flags.
@@ -65,8 +66,8 @@ class RpcFailed(RouterError):
 def cmd_serve(args: argparse.Namespace) -> None:
     from t2i_router.router.estimator import load_estimator
     from t2i_router.router.logs import JsonLogFormatter
-    from t2i_router.router.server import RouterConfig
-    from t2i_router.triton import ManagedTritonServer, TritonServerConfig, connect
+    from t2i_router.router.server import RouterConfig, triton_supervisor
+    from t2i_router.triton import connect
 
     if args.log_format == "json":
         for handler in logging.getLogger().handlers:
@@ -98,17 +99,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     estimator = load_estimator(config.estimator_dir) if in_process else None
     triton = None
     try:
-        if config.triton_url is None:
-            triton = ManagedTritonServer(
-                TritonServerConfig(
-                    model_repository=config.triton_repo, startup_timeout_s=config.ready_timeout_s
-                )
-            )
+        if config.triton_url is None:  # managed: restarted when it dies
+            triton = triton_supervisor(config)
             triton.start()
             url = triton.grpc_url
-        else:
+        else:  # external: the client reconnects when it comes back
             url = connect(config.triton_url).grpc_url
-        asyncio.run(_serve(config, estimator, url))
+        asyncio.run(_serve(config, estimator, url, triton))
     finally:
         if triton is not None:
             triton.stop()
@@ -120,7 +117,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-async def _serve(config: Any, estimator: Any, triton_url: str) -> None:
+async def _serve(config: Any, estimator: Any, triton_url: str, supervisor: Any = None) -> None:
     from t2i_router.router.estimator import TritonEstimator
     from t2i_router.router.metrics import RouterMetrics
     from t2i_router.router.server import RouterService, build_router
@@ -138,6 +135,8 @@ async def _serve(config: Any, estimator: Any, triton_url: str) -> None:
         service = RouterService(config, router, metrics)
         try:
             port_ = await service.start()
+            if supervisor is not None:
+                service.follow(supervisor)
             serving = asyncio.ensure_future(service.wait_serving(config.ready_timeout_s))
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -51,12 +51,22 @@ class RouterConfig:
         max_queue: Most prompts waiting for the estimator; more get RESOURCE_EXHAUSTED.
         limits: Request limits (environment: ``T2I_ROUTER_MAX_PROMPT_BYTES`` and so on).
         state_dir: Where the budget state is persisted; None keeps it in memory.
+        state_flush_interval_s: Least time between two writes of a changed budget state; a
+            crash (SIGKILL) loses at most the decisions of the last ``state_flush_interval_s +
+            health_interval_s``.
         metrics_port: Prometheus port on loopback; None serves no metrics, 0 a free port.
         grace_s: How long shutdown waits for in-flight calls.
         target_rate: Initial target cloud rate (a restored state wins).
         eta: Step size of the budget controller.
         lambda_max: Upper clip of lambda.
         triton_url: ``host:port`` of an external Triton; None starts a managed one.
+        triton_restart_initial_s: Wait before restarting a managed Triton that died.
+        triton_restart_max_s: Longest wait between restart attempts (the wait doubles per
+            failure in a row, up to this).
+        triton_restart_reset_s: A managed Triton ready this long restarts at the initial wait
+            again after its next death.
+        triton_unhealthy_s: A managed Triton whose process lives but that answers no readiness
+            probe for this long is stopped and restarted.
         triton_repo: Model repository of the managed Triton.
         models_dir: Engine folders holding the model cards (choice costs).
         estimator_dir: The trained estimator's folder (``estimator_runtime`` "in-process").
@@ -86,12 +96,17 @@ class RouterConfig:
     max_queue: int = 1024
     limits: Limits = field(default_factory=Limits)
     state_dir: Path | None = None
+    state_flush_interval_s: float = 1.0
     metrics_port: int | None = None
     grace_s: float = 10.0
     target_rate: float = 0.3
     eta: float = 5e-4
     lambda_max: float = 1.0
     triton_url: str | None = None
+    triton_restart_initial_s: float = 1.0
+    triton_restart_max_s: float = 30.0
+    triton_restart_reset_s: float = 300.0
+    triton_unhealthy_s: float = 30.0
     triton_repo: Path = Path("triton_repo")
     models_dir: Path = Path("models")
     estimator_dir: Path = DEFAULT_ESTIMATOR_DIR
@@ -109,6 +124,21 @@ class RouterConfig:
             raise InvalidRequest(
                 f"grace_s {self.grace_s} must be >= 0 and health_interval_s "
                 f"{self.health_interval_s} > 0"
+            )
+        if not self.state_flush_interval_s >= 0:
+            raise InvalidRequest(
+                f"state_flush_interval_s is {self.state_flush_interval_s}, must be >= 0"
+            )
+        if not (
+            0 <= self.triton_restart_initial_s <= self.triton_restart_max_s
+            and self.triton_restart_reset_s >= 0
+            and self.triton_unhealthy_s > 0
+        ):
+            raise InvalidRequest(
+                f"triton restart waits initial {self.triton_restart_initial_s} s, max "
+                f"{self.triton_restart_max_s} s, reset {self.triton_restart_reset_s} s and "
+                f"unhealthy {self.triton_unhealthy_s} s must satisfy 0 <= initial <= max, "
+                "reset >= 0, unhealthy > 0"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")

@@ -10,9 +10,12 @@
   TLS (mTLS) when configured, the bearer-token and per-client guards as interceptors
   (`router.security`, `router.guard`), and an explicit message size limit.
 - `RouterService`: starts it all, warm-starts lambda, watches readiness (health SERVING while
-  the estimator and the edge engine are ready, NOT_SERVING when they go away) and stops
-  gracefully: health NOT_SERVING, then ``server.stop(grace_s)`` drains in-flight calls, then the
-  micro-batcher drains, then the budget state is written.
+  the estimator and the edge engine are ready, NOT_SERVING when they go away), writes a changed
+  budget state at every check (`BudgetController.flush_due`) and stops gracefully: health
+  NOT_SERVING, then ``server.stop(grace_s)`` drains in-flight calls, then the micro-batcher
+  drains, then the budget state is written. With a managed Triton, `RouterService.follow` has
+  health follow its supervisor: NOT_SERVING the moment it dies, SERVING as soon as it is back
+  (docs/operations.md, "Faults").
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,12 +48,26 @@ from t2i_router.router.types import EngineClient
 from t2i_router.world import ALIGNMENT_ASPECTS, sample_prompts
 from t2i_router_client import SERVICE_NAME, router_pb2, router_pb2_grpc
 
-__all__ = ["ENV_PREFIX", "RouterConfig", "RouterService", "build_router", "create_server"]
+if TYPE_CHECKING:
+    from t2i_router.triton.supervisor import TritonSupervisor
+
+__all__ = [
+    "ENV_PREFIX",
+    "RouterConfig",
+    "RouterService",
+    "build_router",
+    "create_server",
+    "triton_supervisor",
+]
 
 log = logging.getLogger(__name__)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Readiness poll period while a Triton that came back is not yet seen ready by the router, and
+# for how long after it came back (its channel reconnects within ~1 s, `TritonClient`).
+_FAST_POLL_S = 0.1
+_FAST_POLL_WINDOW_S = 10.0
 
 
 def build_policy(
@@ -94,11 +112,40 @@ def build_router(
             edge_cost=edge.cost,
             cloud_cost=cloud.cost,
             state_dir=config.state_dir,
+            persist_interval_s=config.state_flush_interval_s,
         )
     )
     counter = MiniLMTokenCounter() if config.limits.max_prompt_tokens > 0 else None
     return Router(
         estimator, policy, budget, engines, config.batcher, config.limits, metrics, counter
+    )
+
+
+def triton_supervisor(config: RouterConfig) -> TritonSupervisor:
+    """The managed Triton of `serve` (no ``triton_url``): ``triton_repo``, restarted with the
+    configured backoff when it dies, probed every ``health_interval_s``. Not started yet."""
+    from t2i_router.triton import (
+        ManagedTritonServer,
+        RestartPolicy,
+        TritonServerConfig,
+        TritonSupervisor,
+    )
+
+    server = ManagedTritonServer(
+        TritonServerConfig(
+            model_repository=config.triton_repo, startup_timeout_s=config.ready_timeout_s
+        )
+    )
+    policy = RestartPolicy(
+        initial_delay_s=config.triton_restart_initial_s,
+        max_delay_s=config.triton_restart_max_s,
+        reset_after_s=config.triton_restart_reset_s,
+    )
+    return TritonSupervisor(
+        server,
+        policy,
+        probe_interval_s=config.health_interval_s,
+        unhealthy_after_s=config.triton_unhealthy_s,
     )
 
 
@@ -182,6 +229,10 @@ class RouterService:
         self._metrics_server: Any = None
         self._watcher: asyncio.Task[None] | None = None
         self._serving_state: bool | None = None
+        self._wake = asyncio.Event()
+        self._fast_until_s = 0.0
+        self._unfollow: Callable[[], None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         """Binds and starts the server (health NOT_SERVING) and the readiness watcher."""
@@ -219,8 +270,27 @@ class RouterService:
             return False
         return True
 
+    def follow(self, supervisor: TritonSupervisor) -> None:
+        """Has health follow a managed Triton's supervisor (call from the running loop).
+
+        When the supervisor sees Triton die, health turns NOT_SERVING at once and the engines
+        count as down; when it is back, readiness is checked every 0.1 s until SERVING.
+        """
+        loop = asyncio.get_running_loop()
+
+        def down(reason: str) -> None:
+            loop.call_soon_threadsafe(self._triton_down, reason)
+
+        def up() -> None:
+            loop.call_soon_threadsafe(self._triton_up)
+
+        self._unfollow = supervisor.subscribe(down, up)
+
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING, drain in-flight calls for up to grace_s, flush state."""
+        if self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -244,8 +314,23 @@ class RouterService:
         except Exception as e:  # the router still serves, from lambda_init
             log.warning("lambda warm start failed: %s", e)
 
+    def _triton_down(self, reason: str) -> None:
+        log.warning("health NOT_SERVING: Triton is down (%s)", reason)
+        for name in self.router.engine_names:
+            self.router.set_engine_ready(name, False)
+        task = asyncio.ensure_future(self._set_serving(False))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._wake.set()
+
+    def _triton_up(self) -> None:
+        self._fast_until_s = asyncio.get_running_loop().time() + _FAST_POLL_WINDOW_S
+        self._wake.set()
+
     async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            self._wake.clear()
             try:
                 readiness = await self.router.readiness(timeout_s=self.config.health_interval_s)
                 serving = readiness.serving
@@ -255,7 +340,12 @@ class RouterService:
             if serving != self._serving_state:
                 log.info("health %s: %s", "SERVING" if serving else "NOT_SERVING", readiness)
             await self._set_serving(serving)
-            await asyncio.sleep(self.config.health_interval_s)
+            self.router.budget.flush_due()
+            interval_s = self.config.health_interval_s
+            if not serving and loop.time() < self._fast_until_s:
+                interval_s = min(interval_s, _FAST_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval_s)
 
     async def _set_serving(self, serving: bool) -> None:
         self._serving_state = serving

@@ -4,6 +4,7 @@ Models plug in as folders of a model repository (``<model>/config.pbtxt`` + ``<m
 """
 
 from t2i_router.triton.client import ModelState, ModelStatistics, TritonClient, translate_error
+from t2i_router.triton.launch.backoff import RestartPolicy
 from t2i_router.triton.server import (
     ExternalTriton,
     ManagedTritonServer,
@@ -12,15 +13,18 @@ from t2i_router.triton.server import (
     connect,
     default_cache_dir,
 )
+from t2i_router.triton.supervisor import TritonSupervisor
 
 __all__ = [
     "ExternalTriton",
     "ManagedTritonServer",
     "ModelState",
     "ModelStatistics",
+    "RestartPolicy",
     "TritonClient",
     "TritonPorts",
     "TritonServerConfig",
+    "TritonSupervisor",
     "connect",
     "default_cache_dir",
     "translate_error",

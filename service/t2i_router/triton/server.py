@@ -30,10 +30,12 @@ from t2i_router.triton.launch.environment import prepare_tritonserver, triton_en
 from t2i_router.triton.launch.logs import LOG_TAIL_LINES, port_in_use, read_log_tail
 from t2i_router.triton.launch.ports import check_port_free, pick_free_ports
 from t2i_router.triton.launch.process import (
+    OwnerThread,
     is_process_alive,
     pdeathsig_preexec,
     process_group_members,
     process_start_ticks,
+    python_backend_shm_files,
     terminate_process_group,
 )
 from t2i_router.triton.launch.readiness import wait_until_ready
@@ -66,6 +68,7 @@ class _Running:
     ports: TritonPorts
     log_path: Path
     started_monotonic_s: float = field(default_factory=time.monotonic)
+    shm_files: list[Path] = field(default_factory=list)  # the Python backend's, once ready
 
 
 class ManagedTritonServer:
@@ -87,8 +90,12 @@ class ManagedTritonServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, cancel: threading.Event | None = None) -> None:
         """Starts tritonserver and returns once it reports ready (every model loaded).
+
+        Args:
+            cancel: Set from another thread, stops waiting for readiness: the server is stopped
+                and TritonStartError raised (how a supervisor's stop interrupts a restart).
 
         Raises:
             PortInUseError: A requested port is taken (found before start, or in Triton's log).
@@ -130,11 +137,16 @@ class ManagedTritonServer:
         except OSError as e:
             raise TritonStartError(f"cannot start {command[0]} (log {log_path}): {e}") from e
         self._running = _Running(process=process, ports=ports, log_path=log_path)
-        if cfg.die_with_parent and threading.current_thread() is not threading.main_thread():
+        thread = threading.current_thread()
+        if (
+            cfg.die_with_parent
+            and thread is not threading.main_thread()
+            and not isinstance(thread, OwnerThread)
+        ):
             log.warning(
                 "tritonserver pid %d was started from thread %r and dies when that thread ends",
                 process.pid,
-                threading.current_thread().name,
+                thread.name,
             )
         # Triton starts gRPC, then HTTP, then metrics, and exits if any of them cannot bind, so
         # gRPC readiness alone can be seen just before an exit; every endpoint must answer.
@@ -145,16 +157,22 @@ class ManagedTritonServer:
             ready = wait_until_ready(
                 self.grpc_url,
                 cfg.startup_timeout_s,
-                is_alive=lambda: process.poll() is None,
+                is_alive=lambda: process.poll() is None and not (cancel and cancel.is_set()),
                 http_probe_urls=probes,
             )
         except BaseException:
             self.stop()
             raise
+        if cancel is not None and cancel.is_set():
+            self.stop()
+            raise TritonStartError(f"tritonserver start cancelled (log {log_path})")
         if not ready or process.poll() is not None:
             exit_status = process.poll()
             self.stop()
             raise self._start_failure(log_path, exit_status)
+        self._running.shm_files = python_backend_shm_files(
+            [process.pid, *process_group_members(process.pid)]
+        )
         elapsed_s = time.monotonic() - self._running.started_monotonic_s
         log.info("tritonserver pid %d ready in %.1f s at %s", process.pid, elapsed_s, self.grpc_url)
 
@@ -169,6 +187,13 @@ class ManagedTritonServer:
         )
         process.wait()
         log.info("tritonserver pid %d stopped (exit status %s)", process.pid, process.returncode)
+        # A server that was killed could not unlink its shared memory; its group is gone now.
+        left = [path for path in running.shm_files if path.exists()]
+        for path in left:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if left:
+            log.info("removed %d shared-memory files tritonserver left behind", len(left))
 
     def __enter__(self) -> ManagedTritonServer:
         if self._running is None:
@@ -189,6 +214,11 @@ class ManagedTritonServer:
     def running(self) -> bool:
         """True while the server process is alive."""
         return self._running is not None and self._running.process.poll() is None
+
+    @property
+    def exit_status(self) -> int | None:
+        """The exit status of a server that exited by itself; None while it runs or when stopped."""
+        return None if self._running is None else self._running.process.poll()
 
     @property
     def pid(self) -> int:

@@ -1,4 +1,5 @@
-"""Processes and process groups through Linux /proc: alive, members, terminate, die with parent.
+"""Processes and process groups through Linux /proc: alive, members, terminate, die with parent,
+and the Python backend's shared-memory files a killed server leaves in /dev/shm.
 
 The server runs in its own process group (the Python backend stubs are its children and share
 it), so stopping signals the whole group. With ``PR_SET_PDEATHSIG`` the kernel also SIGKILLs the
@@ -13,21 +14,27 @@ import ctypes
 import logging
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = [
+    "OwnerThread",
     "is_process_alive",
     "pdeathsig_preexec",
     "process_group_members",
     "process_start_ticks",
+    "python_backend_shm_files",
     "terminate_process_group",
 ]
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# The Python backend's region between tritonserver and its stubs (1 MiB or more per model
+# instance). Triton unlinks it on a clean exit; after a SIGKILL it stays in /dev/shm for good.
+_PYTHON_BACKEND_SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
 
 
 def _read_stat(pid: int) -> list[str] | None:
@@ -100,6 +107,33 @@ def terminate_process_group(
     left = process_group_members(pid)
     if left:
         log.warning("processes %s of group %d survived SIGKILL", left, pid)
+
+
+def python_backend_shm_files(pids: Iterable[int]) -> list[Path]:
+    """The Python backend's /dev/shm files that these processes have mapped (/proc/<pid>/maps).
+
+    Only that backend's regions: a system shared-memory region a client registered with Triton
+    is mapped too, but belongs to the client.
+    """
+    found: set[Path] = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:  # gone, or not ours to read
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(_PYTHON_BACKEND_SHM_PREFIX):
+                found.add(Path(fields[5].removesuffix(" (deleted)")))
+    return sorted(found)
+
+
+class OwnerThread(threading.Thread):
+    """A thread meant to live as long as the servers it starts (a supervisor's).
+
+    A server started with ``die_with_parent`` from any other thread but the main one is logged
+    as a likely mistake (it dies when that thread ends); from an OwnerThread that is the intent.
+    """
 
 
 def pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:

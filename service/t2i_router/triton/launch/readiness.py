@@ -6,7 +6,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 
-__all__ = ["wait_until_ready"]
+__all__ = ["ReadinessProbe", "wait_until_ready"]
 
 _POLL_INTERVAL_S = 0.2
 
@@ -28,6 +28,29 @@ def _server_ready(client: object, timeout_s: float) -> bool:
         return bool(client.is_server_ready(client_timeout=timeout_s))  # type: ignore[attr-defined]
     except InferenceServerException:
         return False
+
+
+class ReadinessProbe:
+    """Asks one Triton, again and again over one channel, whether it is ready (gRPC).
+
+    Args:
+        grpc_url: ``host:port`` of its gRPC service.
+    """
+
+    def __init__(self, grpc_url: str) -> None:
+        import tritonclient.grpc
+
+        self.grpc_url = grpc_url
+        self._client = tritonclient.grpc.InferenceServerClient(
+            grpc_url, channel_args=_READINESS_CHANNEL_ARGS
+        )
+
+    def ready(self, timeout_s: float) -> bool:
+        """True when the server answered ready within ``timeout_s``."""
+        return _server_ready(self._client, timeout_s)
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def _http_ok(url: str, timeout_s: float) -> bool:
