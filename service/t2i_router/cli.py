@@ -37,6 +37,7 @@ from t2i_router.world import (
     sample_prompts,
     score_images,
 )
+from t2i_router.world.vocab import OBJECT_COLORS, SHAPES, SIZES
 
 log = logging.getLogger("t2i_router.cli")
 
@@ -152,6 +153,27 @@ def _wrap(text: str, width: int) -> list[str]:
 DEFAULT_MODELS_DIR = "models"
 # engines.checkpoints.UPGRADES, named here so that parsing arguments does not import torch
 UNET_FEATURES = ("position_channels", "token_positions", "text_transformer")
+# engines.recipe.CONCEPTS, likewise
+CONCEPTS = (*OBJECT_COLORS, *SHAPES, *SIZES)
+
+
+def concept_share(text: str) -> tuple[str, float] | None:
+    """``CONCEPT=SHARE`` (``purple=0.01``) as a pair, or ``none`` as None (no concept singled
+    out: clears a resumed checkpoint's shares); the error quotes the bad text."""
+    if text == "none":
+        return None
+    concept, sep, share = text.partition("=")
+    if not sep or concept not in CONCEPTS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not CONCEPT=SHARE with CONCEPT one of {', '.join(CONCEPTS)}"
+        )
+    try:
+        value = float(share)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {share!r} is not a number") from None
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r}: the share must be in [0, 1)")
+    return concept, value
 
 
 def cmd_engines_train(args: argparse.Namespace) -> None:
@@ -181,6 +203,11 @@ def cmd_engines_train(args: argparse.Namespace) -> None:
         }.items()
         if v is not None
     }
+    if args.concept_share is not None:
+        shares = [s for s in args.concept_share if s is not None]
+        if shares and len(shares) < len(args.concept_share):
+            raise CliError("--concept-share none clears the shares: give it alone")
+        given["concept_shares"] = tuple(shares) or None
     config = run_engine_config(ENGINES[args.engine], out_dir, args.resume, args.unet_feature or ())
     train_cfg = checkpoint_recipe(out_dir, **given) if args.resume else TrainConfig(**given)
     if not args.resume and (out_dir / STATE_FILE).exists():
@@ -361,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=4,
         metavar=("SINGLE", "GROUP", "PAIR", "RELATION"),
         help="relative chance of drawing a training prompt of each complexity (default 1 1 1 1)",
+    )
+    p.add_argument(
+        "--concept-share",
+        type=concept_share,
+        action="append",
+        metavar="CONCEPT=SHARE",
+        help="share of training scenes holding a group color, shape or size, e.g. purple=0.01 "
+        "(0 holds it out; repeatable; 'none' clears them on --resume; default: none)",
     )
     p.add_argument(
         "--grounding-weight",

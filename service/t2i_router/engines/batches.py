@@ -20,9 +20,10 @@ import numpy as np
 from t2i_router.engines.grounding import (
     MAX_GROUPS,
 )
+from t2i_router.engines.mix import pool_probabilities
 from t2i_router.engines.recipe import TrainConfig
 from t2i_router.engines.text_encoder import TextEncoder
-from t2i_router.world import COMPLEXITY_LEVELS, sample_prompts
+from t2i_router.world import sample_prompts
 from t2i_router.world.renderer import render_with_masks
 
 log = logging.getLogger(__name__)
@@ -60,23 +61,26 @@ class Batch:
     masks: np.ndarray  # (B, MAX_GROUPS, 32, 32) bool: each group's pixels (for grounding)
 
 
-def _pool_probabilities(pairs: Sequence[tuple[str, object]], weights: Sequence[float]):
-    """Chance of drawing each pool prompt when its complexity level has weight ``weights[i]``."""
-    levels = np.array([COMPLEXITY_LEVELS.index(spec.complexity) for _, spec in pairs])
-    per_prompt = np.asarray(weights, dtype=np.float64)[levels]
-    return per_prompt / per_prompt.sum()
-
-
 def draw_batch(
-    pairs: Sequence[tuple[str, object]], cfg: TrainConfig, num_train_timesteps: int, step: int
+    pairs: Sequence[tuple[str, object]],
+    cfg: TrainConfig,
+    num_train_timesteps: int,
+    step: int,
+    probabilities: np.ndarray | None = None,
 ) -> Batch:
-    """The batch of training step ``step``: a pure function of its arguments."""
+    """The batch of training step ``step``: a pure function of its arguments.
+
+    ``probabilities`` are ``mix.pool_probabilities(pairs, cfg.level_weights, cfg.concept_shares)``
+    when the caller has them (computed once per run); without them they are computed here.
+    """
     rng = np.random.default_rng([cfg.data_seed, step])
     b = cfg.batch_size
-    if cfg.level_weights is None:
+    if cfg.level_weights is None and cfg.concept_shares is None:
         idx = rng.integers(len(pairs), size=b)
     else:
-        idx = rng.choice(len(pairs), size=b, p=_pool_probabilities(pairs, cfg.level_weights))
+        if probabilities is None:
+            probabilities = pool_probabilities(pairs, cfg.level_weights, cfg.concept_shares)
+        idx = rng.choice(len(pairs), size=b, p=probabilities)
     layout_seeds = rng.integers(2**62, size=b)
     drop = rng.random(b) < cfg.text_dropout
     noise = rng.standard_normal((b, 3, 32, 32), dtype=np.float32)
@@ -100,7 +104,9 @@ def draw_batch(
     )
 
 
-def _render_worker(pairs, cfg: TrainConfig, num_train_timesteps: int, steps, batches) -> None:
+def _render_worker(
+    pairs, cfg: TrainConfig, num_train_timesteps: int, probabilities, steps, batches
+) -> None:
     """A render process: draws the batch of each step it is sent until it is sent None.
 
     The pool's specs come as arguments of the forked process (one copy per worker, never
@@ -108,7 +114,9 @@ def _render_worker(pairs, cfg: TrainConfig, num_train_timesteps: int, steps, bat
     """
     for step in iter(steps.get, None):
         try:
-            result: Batch | BaseException = draw_batch(pairs, cfg, num_train_timesteps, step)
+            result: Batch | BaseException = draw_batch(
+                pairs, cfg, num_train_timesteps, step, probabilities
+            )
         except BaseException as e:
             result = e
         batches.put((step, result))
@@ -119,6 +127,7 @@ def batch_stream(
     cfg: TrainConfig,
     num_train_timesteps: int,
     first_step: int,
+    probabilities: np.ndarray | None = None,
 ) -> Iterator[Batch]:
     """Batches of steps ``first_step, first_step + 1, ...``, rendered ahead by ``cfg.data_workers``.
 
@@ -129,11 +138,11 @@ def batch_stream(
     if cfg.data_workers == 0:
         step = first_step
         while True:
-            yield draw_batch(pairs, cfg, num_train_timesteps, step)
+            yield draw_batch(pairs, cfg, num_train_timesteps, step, probabilities)
             step += 1
     ctx = multiprocessing.get_context("fork")
     steps, batches = ctx.Queue(), ctx.Queue()
-    args = (pairs, cfg, num_train_timesteps, steps, batches)
+    args = (pairs, cfg, num_train_timesteps, probabilities, steps, batches)
     workers = [
         ctx.Process(target=_render_worker, args=args, daemon=True) for _ in range(cfg.data_workers)
     ]

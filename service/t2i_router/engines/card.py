@@ -157,6 +157,20 @@ def write_model_card(engine_dir: Path, encoder: TextEncoder | None = None) -> di
     return card
 
 
+def _mix_lines(recipe: dict) -> list[str]:
+    """The training mix, where the recipe shapes it (level weights, concept shares)."""
+    lines = []
+    if recipe.get("level_weights") is not None:
+        weights = ", ".join(
+            f"{lv} {w:g}" for lv, w in zip(COMPLEXITY_LEVELS, recipe["level_weights"], strict=True)
+        )
+        lines.append(f"- training mix: level weights {weights}")
+    if recipe.get("concept_shares"):
+        shares = ", ".join(f"{c} {s:g}" for c, s in recipe["concept_shares"])
+        lines.append(f"- training mix: share of scenes holding {shares} (0: held out)")
+    return lines
+
+
 def _sampling_note(config: dict) -> str:
     if config["default_guidance"] == 1.0:
         return " (the conditional prediction alone: one UNet pass per step)"
@@ -182,6 +196,7 @@ def _card_markdown(card: dict) -> str:
         f"- steps trained: {tr.get('steps', 0)} (batch {tr.get('batch_size', '-')}), "
         f"{tr.get('train_minutes', 0)} training minutes, data seed {tr.get('data_seed', '-')}",
         f"- final loss (EMA): {tr.get('final_loss_ema')}",
+        *_mix_lines(tr.get("recipe", {})),
         *(
             f"- from step {c['step']}: "
             + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in c["changes"].items())

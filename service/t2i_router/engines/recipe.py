@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from t2i_router.errors import FailedPrecondition
 from t2i_router.world import COMPLEXITY_LEVELS
+from t2i_router.world.vocab import OBJECT_COLORS, SHAPES, SIZES
 
 log = logging.getLogger(__name__)
 
 
 STATE_FILE = "train_state.pt"
+
+# What ``TrainConfig.concept_shares`` may name: every value of a group's color, shape or size
+# (disjoint sets; "white" and "black" are object colors here, backgrounds are not concepts).
+CONCEPTS: tuple[str, ...] = (*OBJECT_COLORS, *SHAPES, *SIZES)
 
 
 class TrainingError(FailedPrecondition, RuntimeError):
@@ -49,6 +55,11 @@ class TrainConfig:
     # Relative chance of drawing a pool prompt of each complexity level (single, group, pair,
     # relation); None draws every pool prompt alike (the pool holds the levels in equal shares).
     level_weights: tuple[float, ...] | None = None
+    # Share of the training scenes drawn that hold a concept (a group's color, shape or size,
+    # one of CONCEPTS), as sorted (concept, share) pairs, e.g. (("purple", 0.01),); 0 holds the
+    # concept out. Applied after level_weights by scaling the chance of the pool prompts that
+    # hold it (engines.mix); None: no concept is singled out. A dict is accepted and sorted.
+    concept_shares: tuple[tuple[str, float], ...] | None = None
     # Weight of the grounding loss (engines.grounding: each group's color and shape words should
     # attend to the group's pixels); 0 trains on the denoising loss alone. Cross-attention only.
     grounding_weight: float = 0.0
@@ -75,6 +86,7 @@ class TrainConfig:
                     f"{len(COMPLEXITY_LEVELS)} non-negative weights ({levels}), not all zero"
                 )
             object.__setattr__(self, "level_weights", weights)
+        object.__setattr__(self, "concept_shares", normalize_concept_shares(self.concept_shares))
         if not (math.isfinite(self.grounding_weight) and self.grounding_weight >= 0):
             raise TrainingError(f"grounding_weight is {self.grounding_weight}: expected >= 0")
         if not (0.0 <= self.high_noise_share <= 1.0):
@@ -83,6 +95,40 @@ class TrainConfig:
             )
         if self.high_noise_from < 0:
             raise TrainingError(f"high_noise_from is {self.high_noise_from}: expected >= 0")
+
+
+def normalize_concept_shares(
+    shares: Mapping[str, float] | Iterable[tuple[str, float]] | None,
+) -> tuple[tuple[str, float], ...] | None:
+    """``shares`` as sorted ``(concept, share)`` pairs, checked; None stays None.
+
+    Raises:
+        TrainingError: naming an unknown or repeated concept, or a share outside [0, 1).
+    """
+    if shares is None:
+        return None
+    items = list(shares.items() if isinstance(shares, Mapping) else shares)
+    out: dict[str, float] = {}
+    for item in items:
+        try:
+            concept, share = item
+            share = float(share)
+        except (TypeError, ValueError):
+            raise TrainingError(
+                f"concept_shares entry {item!r} is not a (concept, share) pair"
+            ) from None
+        if concept not in CONCEPTS:
+            raise TrainingError(
+                f"concept_shares names {concept!r}: expected one of {', '.join(CONCEPTS)}"
+            )
+        if concept in out:
+            raise TrainingError(f"concept_shares names {concept!r} twice")
+        if not (math.isfinite(share) and 0.0 <= share < 1.0):
+            raise TrainingError(f"concept_shares gives {concept!r} {share}: expected in [0, 1)")
+        out[concept] = share
+    if not out:
+        raise TrainingError("concept_shares is empty: give None for the plain draw")
+    return tuple(sorted(out.items()))
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:

@@ -32,6 +32,7 @@ from t2i_router.engines.grounding import (
     grounding_loss,
     group_token_masks,
 )
+from t2i_router.engines.mix import mix_summary, pool_probabilities
 from t2i_router.engines.recipe import STATE_FILE, TrainConfig, TrainingError, lr_factor
 from t2i_router.engines.sampler import make_scheduler
 from t2i_router.engines.text_encoder import TextEncoder
@@ -105,6 +106,12 @@ class Trainer:
         self.pairs, self.pool_tokens, self.pool_mask = prompt_pool(
             self.cfg, self.encoder, Path(cache_dir) if cache_dir else None
         )
+        # The chance of drawing each pool prompt (None: uniform), fitted once per run.
+        self.pool_p = pool_probabilities(
+            self.pairs, self.cfg.level_weights, self.cfg.concept_shares
+        )
+        if self.pool_p is not None:
+            log.info("training mix: %s", json.dumps(mix_summary(self.pairs, self.pool_p)))
         null_tokens, null_mask = self.encoder.encode([""])
         self.null_tokens = torch.from_numpy(null_tokens)
         self.null_mask = torch.from_numpy(null_mask)
@@ -264,7 +271,7 @@ class Trainer:
     def batch(self, step: int | None = None) -> Batch:
         """The batch of ``step`` (default: the next step), drawn here without workers."""
         step = self.step if step is None else step
-        return draw_batch(self.pairs, self.cfg, self.config.num_train_timesteps, step)
+        return draw_batch(self.pairs, self.cfg, self.config.num_train_timesteps, step, self.pool_p)
 
     def to_tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
         """Noisy images, timesteps, tokens, mask and the v-prediction target, on the device."""
@@ -330,7 +337,9 @@ class Trainer:
         bar = tqdm(
             desc=f"train {self.config.name}", initial=self.step, unit="step", disable=not progress
         )
-        stream = batch_stream(self.pairs, self.cfg, self.config.num_train_timesteps, self.step)
+        stream = batch_stream(
+            self.pairs, self.cfg, self.config.num_train_timesteps, self.step, self.pool_p
+        )
         try:
             while True:
                 if max_steps is not None and self.step >= max_steps:
