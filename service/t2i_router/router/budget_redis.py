@@ -14,14 +14,16 @@ the script skips one whose number it has already applied (``<prefix>:budget:appl
 last number per replica). A call that times out may still have run on the server; when it is
 sent again with the same number it is not counted twice.
 
-Outage (Redis unreachable, a timeout, any Redis error). Routing never waits on Redis:
+Outage (Redis unreachable, a timeout, any Redis error). Routing does not fail because of Redis,
+and waits on it at most ``timeout_s`` (0.1 s) per try:
 
 - the replica logs one warning naming the store, keeps deciding with its cached lambda, steps
   that copy itself (it then holds the target on its own share, like a local store) and keeps
-  the decisions it made as pending (aggregated, a few numbers per attempt);
-- it tries again after 0.5 s, then doubling up to ``retry_max_s``; when Redis answers, the
-  pending decisions are replayed (one step with their summed excess per attempt, skipping any
-  that had already arrived), the replica adopts the shared state and logs that it is back;
+  the decisions it made as pending (aggregated, a few numbers per try);
+- it tries again after ``retry_initial_s`` (0.5 s), then doubling up to ``retry_max_s``; when
+  Redis answers, the pending decisions are replayed (one step with their summed excess per try,
+  skipping any that had already arrived), the replica adopts the shared state and logs that it
+  is back;
 - GetBudget and SetBudget need the shared state and answer UNAVAILABLE meanwhile, naming the
   store; metrics show the replica's view, ``t2i_router_budget_persisted`` 0 and the pending
   decisions;
@@ -266,6 +268,7 @@ class RedisBudgetStore:
             prefix per fleet that shares a budget.
         timeout_s: Connect and read timeout of each call; a slower answer counts as an outage.
         refresh_interval_s: Longest an idle replica decides with a cached lambda.
+        retry_initial_s: First wait before trying an unreachable Redis again (then doubled).
         retry_max_s: Longest wait between two tries while Redis is unreachable.
         clock: Monotonic clock (injectable for tests).
     """
@@ -277,6 +280,7 @@ class RedisBudgetStore:
         *,
         timeout_s: float = 0.1,
         refresh_interval_s: float = 0.5,
+        retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -285,6 +289,7 @@ class RedisBudgetStore:
         self._keys = [self.key, f"{key_prefix}:budget:applied"]
         self.description = f"{redact_url(url)} key {self.key}"
         self.refresh_interval_s = refresh_interval_s
+        self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self._clock = clock
         self._client = redis.Redis.from_url(
@@ -312,7 +317,7 @@ class RedisBudgetStore:
         self._down_since: float | None = None
         self._down_error = ""
         self._retry_at = 0.0
-        self._retry_s = 0.5
+        self._retry_s = retry_initial_s
         self._refreshed_at = -float("inf")
         self._cost_scale = 1.0  # the controller's, learnt from its observations
 
@@ -490,7 +495,7 @@ class RedisBudgetStore:
         self._down_error = f"{type(error).__name__}: {error}"
         if self._down_since is None:
             self._down_since = now
-            self._retry_s = 0.5
+            self._retry_s = self.retry_initial_s
             log.warning(
                 "budget store %s unreachable (%s); routing goes on with this replica's lambda "
                 "%.6g, its decisions are kept and replayed when the store is back",
