@@ -167,7 +167,7 @@ def test_an_outage_keeps_routing_and_replays_every_decision_once(redis_server, c
         assert view.decisions == sent  # this replica's copy counts on
         with pytest.raises(Unavailable, match=f"shared budget store {redis_server.url}"):
             c.snapshot()
-        with pytest.raises(Unavailable, match="budget store .* is unreachable"):
+        with pytest.raises(Unavailable, match=r"budget store .* is unreachable"):
             c.set_target(target_rate=0.5)
         down = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(down) == 1 and r"replayed when the store is back" in down[0].getMessage()
