@@ -47,6 +47,6 @@ def test_small_run_counts_once_and_sharing_keeps_the_recovery_of_one_replica(tmp
 
 def test_bench_replicas_full_run(benchmark) -> None:
     if benchmark.disabled:
-        pytest.skip("the full run takes ~15 minutes: `make bench` runs it")
+        pytest.skip("the full run takes ~20 minutes: `make bench` runs it")
     result = benchmark.pedantic(replicas.main, args=([],), rounds=1, iterations=1)
     assert set(result["configs"]) == {f"{s}_k{k}" for s in ("local", "redis") for k in (1, 2, 4)}

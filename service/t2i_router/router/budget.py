@@ -60,13 +60,15 @@ Where the state lives. The controller keeps the score window (for warm starts) a
   `flush`, restored on start (a restored state wins over the config's
   target and lambda: SetBudget is the operator's live control). An unwritable state dir is
   logged once as a warning and the controller keeps serving from memory.
-- `budget_redis.RedisBudgetStore`: one state shared by K router replicas in Redis; each dual
-  step is one atomic Lua script, so no replica's update is lost. While Redis is unreachable a
+- `budget_redis.RedisBudgetStore`: one state shared by K router replicas in Redis; the dual
+  steps of each counted batch are one atomic Lua script, so no replica's update is lost. While Redis is unreachable a
   replica keeps routing with its own copy of lambda and replays its decisions when Redis is
   back; SetBudget and GetBudget answer UNAVAILABLE meanwhile (docs/operations.md, "Replicas").
 
 Thread safety: the stores apply each transition under a lock (local) or atomically on the server
-(Redis); the critical sections do no file I/O, so calling them from an asyncio loop is fine.
+(Redis). The local store's critical sections do no file I/O; the Redis store makes one round
+trip per counted batch on the calling thread (at most its ``timeout_s``), so calling either
+from an asyncio loop is fine.
 """
 
 from __future__ import annotations
