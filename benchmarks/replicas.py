@@ -139,7 +139,14 @@ async def one_run(
         shared = RedisBudgetStore(redis_url, prefix) if store == "redis" else None
         router = make_router(budget, shared)
         router.budget.warm_start(warm_scores, if_cold=True)
-        config = RouterConfig(port=0, warm_start_prompts=0, grace_s=1, health_interval_s=1.0)
+        config = RouterConfig(
+            port=0,
+            warm_start_prompts=0,
+            grace_s=1,
+            health_interval_s=1.0,
+            # one client sends every call: its concurrency is the load, not a client to limit
+            limits=Limits(max_prompt_tokens=0, max_concurrent_per_client=4 * concurrency),
+        )
         service = RouterService(config, router)
         await service.start()
         services.append(service)
