@@ -61,9 +61,10 @@ Where the state lives. The controller keeps the score window (for warm starts) a
   target and lambda: SetBudget is the operator's live control). An unwritable state dir is
   logged once as a warning and the controller keeps serving from memory.
 - `budget_redis.RedisBudgetStore`: one state shared by K router replicas in Redis; the dual
-  steps of each counted batch are one atomic Lua script, so no replica's update is lost. While Redis is unreachable a
-  replica keeps routing with its own copy of lambda and replays its decisions when Redis is
-  back; SetBudget and GetBudget answer UNAVAILABLE meanwhile (docs/operations.md, "Replicas").
+  steps of each counted batch are one atomic Lua script, so no replica's update is lost. While
+  Redis is unreachable a replica keeps routing with its own copy of lambda and replays its
+  decisions when Redis is back; SetBudget and GetBudget answer UNAVAILABLE meanwhile
+  (docs/operations.md, "Replicas and the shared budget").
 
 Thread safety: the stores apply each transition under a lock (local) or atomically on the server
 (Redis). The local store's critical sections do no file I/O; the Redis store makes one round
