@@ -168,7 +168,7 @@ class Router:
             lambda lam: self.window.at(lam)[0],
             target_rate,
             tau_decisions,
-            self.budget.snapshot().lambda_max,
+            self.budget.view().lambda_max,
             max_eta,
         )
 
