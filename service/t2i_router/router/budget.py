@@ -297,7 +297,7 @@ class BudgetController:
 
     @property
     def multiplier(self) -> float:
-        """lambda to decide with now (never waits on an unreachable shared store)."""
+        """lambda to decide with now (never fails on an unreachable shared store)."""
         return self.store.state().multiplier
 
     @property
@@ -314,7 +314,8 @@ class BudgetController:
         return self._snapshot(self.store.state(fresh=True))
 
     def view(self) -> BudgetSnapshot:
-        """This router's view of the state without waiting on a store (metrics); never raises."""
+        """This router's view of the state (metrics): a shared store's as last read, re-read
+        when due and reachable; never raises."""
         return self._snapshot(self.store.state())
 
     # ----- deciding and learning

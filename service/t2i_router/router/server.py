@@ -260,7 +260,7 @@ class RouterService:
         await self._set_serving(False)
         await self._server.start()
         if self.metrics is not None:
-            # the view never waits on a shared store: a scrape during an outage still answers
+            # the view never fails on a shared store: a scrape during an outage still answers
             self.metrics.watch(lambda: self.router.batcher.queue_depth, self.router.budget.view)
             if self.config.metrics_port is not None:
                 self._metrics_server, self.metrics_port = serve_metrics(
