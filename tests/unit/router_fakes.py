@@ -17,6 +17,7 @@ import torch
 from t2i_router.errors import RouterError
 from t2i_router.router.batching import BatcherConfig
 from t2i_router.router.budget import BudgetConfig, BudgetController
+from t2i_router.router.budget_store import BudgetStore
 from t2i_router.router.core import Router
 from t2i_router.router.estimator import InProcessEstimator
 from t2i_router.router.policy import Choice, Policy, PolicyConfig
@@ -108,6 +109,7 @@ def make_router(
     engines: FakeEngines | None = None,
     target_rate: float = 0.3,
     eta: float = 0.01,
+    store: BudgetStore | None = None,
     **batcher: float,
 ) -> Router:
     policy = make_policy()
@@ -118,7 +120,8 @@ def make_router(
             cost_scale=policy.config.c_scale,
             edge_cost=0.96,
             cloud_cost=18.9,
-        )
+        ),
+        store=store,
     )
     return Router(
         InProcessEstimator(model or TinyQualityModel()),

@@ -32,7 +32,7 @@ FORBIDDEN = {
     "world": ("engines", "triton", "estimator", "router"),
     "engines": ("triton", "estimator", "router"),
 }
-# The pure core: neither grpc nor tritonclient, at module level or inside functions.
+# The pure core: neither grpc, tritonclient nor redis, at module level or inside functions.
 CORE = (
     "world",
     "estimator.evaluation",
@@ -45,10 +45,11 @@ CORE = (
     "router.policy",
     "router.budget",
     "router.calibration",
+    "router.budget_store",
     "router.batching",
     "router.simulate",
 )
-EDGE_LIBRARIES = ("grpc", "tritonclient")
+EDGE_LIBRARIES = ("grpc", "tritonclient", "redis")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-# Over 400 lines on purpose: ~100 are the guarantee's derivation; persistence needs the lock.
+# Over 400 lines on purpose: ~100 are the guarantee's derivation, ~100 the config and snapshot.
 """Online budget control: move the cost multiplier lambda so that decisions hold a target.
 
 The policy sends a prompt to the choice maximising ``u_m - lambda * c_m / c_scale``; the
@@ -50,36 +50,53 @@ edge and cloud costs), exact for two choices only.
 Forced and fallback decisions (`counted=False`) are tallied but move neither lambda nor the
 running rate.
 
-Persistence. With a ``state_dir`` the state (target, lambda, counts, since) is written as JSON
-with a version when it changed, at most every ``persist_interval_s`` (by `observe`, and by
-`flush_due`, which a server calls periodically so that the last decisions before a quiet spell
-are written too), and on every `set_target` / `flush`:
-write a temp file, fsync, ``os.replace`` (atomic), so a crash leaves the old or the new state,
-never half of one. It is restored on start (a restored state wins over the config's target and
-lambda: SetBudget is the operator's live control). An unwritable state dir is logged once as a
-warning and the controller keeps serving from memory.
+Where the state lives. The controller keeps the score window (for warm starts) and talks to a
+`budget_store.BudgetStore` for everything else, so the same rules run wherever the state is:
 
-Thread safety: every public method takes one lock; the critical sections are short (no I/O), so
-calling them from an asyncio loop is fine. File writes happen outside the lock.
+- `LocalBudgetStore` (the default): in memory, and with a ``state_dir`` a JSON file written
+  atomically (temp file, fsync, ``os.replace``) when it changed, at most every
+  ``persist_interval_s`` (by `observe`, and by `flush_due`, which a server calls periodically so
+  that the last decisions before a quiet spell are written too), and on every `set_target` /
+  `flush`, restored on start (a restored state wins over the config's
+  target and lambda: SetBudget is the operator's live control). An unwritable state dir is
+  logged once as a warning and the controller keeps serving from memory.
+- `budget_redis.RedisBudgetStore`: one state shared by K router replicas in Redis; the dual
+  steps of each counted batch are one atomic Lua script, so no replica's update is lost. While
+  Redis is unreachable a replica keeps routing with its own copy of lambda and replays its
+  decisions when Redis is back; SetBudget and GetBudget answer UNAVAILABLE meanwhile
+  (docs/operations.md, "Replicas and the shared budget").
+
+Thread safety: the stores apply each transition under a lock (local) or atomically on the server
+(Redis). The local store's critical sections do no file I/O; the Redis store makes one round
+trip per counted batch on the calling thread (at most its ``timeout_s``), so calling either
+from an asyncio loop is fine.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from t2i_router.errors import InvalidRequest
+from t2i_router.router.budget_store import (
+    STATE_FILE,
+    STATE_VERSION,
+    BudgetChange,
+    BudgetState,
+    BudgetStore,
+    LocalBudgetStore,
+    Observation,
+    check_targets,
+)
 from t2i_router.router.calibration import solve_multiplier
 
 __all__ = [
@@ -100,9 +117,6 @@ log = logging.getLogger(__name__)
 BudgetMode = Literal["rate", "cost"]
 UpdateMode = Literal["request", "batch"]
 
-STATE_FILE = "budget_state.json"
-STATE_VERSION = 1
-
 
 @dataclass(frozen=True)
 class BudgetConfig:
@@ -121,7 +135,8 @@ class BudgetConfig:
         cloud_cost: Cost of the cloud default (> edge_cost), as above.
         update: "request" (one step per counted decision) or "batch" (one step per `observe`).
         score_window: How many recent scores are kept for the warm start.
-        state_dir: Directory of the persisted state; None keeps it in memory only.
+        state_dir: Directory of the persisted state; None keeps it in memory only (used by the
+            default local store; a store given to the controller decides for itself).
         persist_interval_s: Least time between two writes of the state by `observe`.
     """
 
@@ -160,14 +175,10 @@ class BudgetConfig:
 
 
 def _check_targets(rate: float, cost: float, eta: float, lambda_max: float) -> None:
-    if not 0 <= rate <= 1:
-        raise InvalidRequest(f"target_rate is {rate}, must be in [0, 1]")
-    if not (math.isfinite(cost) and cost >= 0):
-        raise InvalidRequest(f"target_cost is {cost}, must be >= 0")
-    if not (math.isfinite(eta) and eta > 0):
-        raise InvalidRequest(f"eta is {eta}, must be > 0")
-    if not (math.isfinite(lambda_max) and lambda_max > 0):
-        raise InvalidRequest(f"lambda_max is {lambda_max}, must be > 0")
+    try:
+        check_targets(rate, cost, eta, lambda_max)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -194,7 +205,10 @@ class BudgetSnapshot:
         excess_sum: sum of (c_t - rho) / c_scale over the updates since `since_unix_s`.
         multiplier_at_since: lambda when the counts started (the identity's lambda_1).
         warm_started: Whether lambda was warm-started from scores.
-        persisted: Whether the last write of the state succeeded (False without a state dir).
+        persisted: Whether the last write of the state succeeded (False without a state dir,
+            and while a shared store is unreachable).
+        store: Where the state lives (`BudgetStore.description`).
+        pending_decisions: Decisions of this router not yet in a shared store (an outage).
     """
 
     mode: BudgetMode
@@ -217,6 +231,8 @@ class BudgetSnapshot:
     multiplier_at_since: float
     warm_started: bool
     persisted: bool
+    store: str = "memory"
+    pending_decisions: int = 0
 
     @property
     def error_bound(self) -> float:
@@ -224,27 +240,6 @@ class BudgetSnapshot:
         if self.decisions == 0:
             return math.inf
         return (self.lambda_max + self.eta) / (self.eta * self.decisions)
-
-
-# The persisted fields (besides "version"); restored only when all are present and valid.
-_PERSISTED = (
-    "mode",
-    "target_rate",
-    "target_cost",
-    "eta",
-    "lambda_max",
-    "multiplier",
-    "decisions",
-    "cloud_decisions",
-    "uncounted_decisions",
-    "cost_sum",
-    "since_unix_s",
-    "updates",
-    "clipped_updates",
-    "excess_sum",
-    "multiplier_at_since",
-    "warm_started",
-)
 
 
 class BudgetController:
@@ -260,49 +255,68 @@ class BudgetController:
     Args:
         config: Target and settings.
         clock: Wall clock for `since_unix_s` (injectable for tests).
+        store: Where the state lives; None: a `LocalBudgetStore` on ``config.state_dir``.
     """
 
-    def __init__(self, config: BudgetConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: BudgetConfig,
+        clock: Callable[[], float] = time.time,
+        store: BudgetStore | None = None,
+    ) -> None:
         self.config = config
         self._clock = clock
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
         self._scores: deque[float] = deque(maxlen=config.score_window)
         #: lambda -> (cloud share, mean cost) on recent traffic; the warm start solves on it.
         self.outcome_model: Callable[[float], tuple[float, float]] | None = None
-        self._mode: BudgetMode = config.mode
-        self._target_rate = config.target_rate
-        self._target_cost = config.target_cost
-        self._eta = config.eta
-        self._lambda_max = config.lambda_max
-        self._multiplier = config.lambda_init
-        self._warm_started = False
-        self._reset_counts_locked()
-        self._last_persist_s = -math.inf
-        self._dirty = False  # changed since the last write
-        self._persist_failed = False
-        self._persisted = False
-        self.restored = self._restore()
+        self.store: BudgetStore = store or LocalBudgetStore(
+            config.state_dir, config.persist_interval_s
+        )
+        initial = BudgetState(
+            mode=config.mode,
+            target_rate=config.target_rate,
+            target_cost=config.target_cost,
+            eta=config.eta,
+            lambda_max=config.lambda_max,
+            multiplier=config.lambda_init,
+            decisions=0,
+            cloud_decisions=0,
+            uncounted_decisions=0,
+            cost_sum=0.0,
+            since_unix_s=clock(),
+            updates=0,
+            clipped_updates=0,
+            excess_sum=0.0,
+            multiplier_at_since=config.lambda_init,
+            warm_started=False,
+        )
+        self.restored = self.store.open(initial)
 
     # ----- reading
 
     @property
     def multiplier(self) -> float:
-        """lambda to decide with now."""
-        with self._lock:
-            return self._multiplier
+        """lambda to decide with now (never fails on an unreachable shared store)."""
+        return self.store.state().multiplier
 
     @property
     def state_path(self) -> Path | None:
-        """The persisted state's file, or None without a state dir."""
-        if self.config.state_dir is None:
-            return None
-        return Path(self.config.state_dir) / STATE_FILE
+        """The persisted state's file, or None (no state dir, or a store that is no file)."""
+        return getattr(self.store, "path", None)
 
     def snapshot(self) -> BudgetSnapshot:
-        """The current state, consistent (taken under the lock)."""
-        with self._lock:
-            return self._snapshot_locked()
+        """The current state, consistent; read from the shared store if there is one.
+
+        Raises:
+            Unavailable: The shared store cannot be reached (GetBudget answers UNAVAILABLE).
+        """
+        return self._snapshot(self.store.state(fresh=True))
+
+    def view(self) -> BudgetSnapshot:
+        """This router's view of the state (metrics): a shared store's as last read, re-read
+        when due and reachable; never raises."""
+        return self._snapshot(self.store.state())
 
     # ----- deciding and learning
 
@@ -312,7 +326,9 @@ class BudgetController:
         with self._lock:
             self._scores.extend(float(s) for s in values if math.isfinite(s))
 
-    def warm_start(self, scores: Sequence[float] | np.ndarray | None = None) -> float:
+    def warm_start(
+        self, scores: Sequence[float] | np.ndarray | None = None, if_cold: bool = False
+    ) -> float:
         """Sets lambda where recent traffic meets the target (module docstring, Warm start).
 
         Solves on `outcome_model` when there is one and it has traffic; otherwise takes the
@@ -320,6 +336,8 @@ class BudgetController:
 
         Args:
             scores: Scores to use (also recorded); None uses the recent window.
+            if_cold: Only if the state was never warm-started (replicas sharing a store start
+                one after another; the first one's warm start stands).
 
         Returns:
             The new lambda (unchanged when there is nothing to start from).
@@ -328,23 +346,17 @@ class BudgetController:
             self.record_scores(scores)
         solved = self._solve_on_outcome()
         with self._lock:
-            if solved is not None:
-                new = min(max(solved, 0.0), self._lambda_max)
-            elif not self._scores:
-                log.warning("budget warm start skipped: no scores recorded yet")
-                return self._multiplier
-            else:
-                share = self._cloud_share_locked()
-                q = float(np.quantile(np.fromiter(self._scores, dtype=np.float64), 1.0 - share))
-                new = min(max(q, 0.0), self._lambda_max)
-            # the jump is not a step: shift lambda_1 with it so that the identity stays exact
-            self._multiplier_at_since += new - self._multiplier
-            self._multiplier = new
-            self._warm_started = True
-            lam = self._multiplier
-        how = "the policy's outcome" if solved is not None else f"{len(self._scores)} scores"
+            window = np.fromiter(self._scores, dtype=np.float64)
+        if solved is not None:
+            new, how = solved, "the policy's outcome"
+        elif window.size == 0:
+            log.warning("budget warm start skipped: no scores recorded yet")
+            return self.multiplier
+        else:
+            share = self._cloud_share(self.store.state())
+            new, how = float(np.quantile(window, 1.0 - share)), f"{window.size} scores"
+        lam = self.store.warm_start(new, if_cold).multiplier  # clipped to [0, lambda_max]
         log.info("budget warm start: lambda=%.6g from %s", lam, how)
-        self._persist(force=True)
         return lam
 
     def observe(
@@ -369,42 +381,21 @@ class BudgetController:
         if counted_a.size != b:
             raise InvalidRequest(f"{counted_a.size} counted flags for {b} decisions")
         if costs is None:
-            if self._mode == "cost":
+            if self.store.state().mode == "cost":
                 raise InvalidRequest("costs are required in cost mode")
             costs_a = np.where(cloud_a, self.config.cloud_cost, self.config.edge_cost)
         else:
             costs_a = np.asarray(costs, dtype=np.float64).ravel()
             if costs_a.size != b:
                 raise InvalidRequest(f"{costs_a.size} costs for {b} decisions")
-        with self._lock:
-            self._dirty = self._dirty or b > 0
-            self._uncounted += int(b - counted_a.sum())
-            cloud_c, costs_c = cloud_a[counted_a], costs_a[counted_a]
-            if cloud_c.size:
-                if self._mode == "rate":
-                    excess = cloud_c.astype(np.float64) - self._target_rate  # c_scale = 1
-                else:
-                    excess = (costs_c - self._target_cost) / self.config.cost_scale
-                if self.config.update == "batch":
-                    self._step_locked(float(excess.sum()))
-                else:
-                    for e in excess.tolist():
-                        self._step_locked(e)
-                self._decisions += int(cloud_c.size)
-                self._cloud += int(cloud_c.sum())
-                self._cost_sum += float(costs_c.sum())
-            lam = self._multiplier
-        self._persist(force=False)
-        return lam
-
-    def _step_locked(self, excess: float) -> None:
-        raw = self._multiplier + self._eta * excess
-        new = min(max(raw, 0.0), self._lambda_max)
-        if new != raw:
-            self._clipped += 1
-        self._multiplier = new
-        self._excess_sum += excess
-        self._updates += 1
+        obs = Observation(
+            cloud=cloud_a[counted_a],
+            costs=costs_a[counted_a].astype(np.float64),
+            uncounted=int(b - counted_a.sum()),
+            cost_scale=self.config.cost_scale,
+            update=self.config.update,
+        )
+        return self.store.observe(obs).multiplier
 
     # ----- control
 
@@ -429,34 +420,39 @@ class BudgetController:
 
         Returns:
             The state after the change.
+
+        Raises:
+            InvalidRequest: A value is out of range (nothing is changed).
+            Unavailable: The shared store cannot be reached (nothing is changed).
         """
         if target_rate is not None and target_cost is not None:
             raise InvalidRequest(
                 f"give target_rate ({target_rate}) or target_cost ({target_cost}), not both"
             )
+        current = self.store.state(fresh=True)
+        new_max = current.lambda_max if lambda_max is None else float(lambda_max)
+        _check_targets(
+            current.target_rate if target_rate is None else float(target_rate),
+            current.target_cost if target_cost is None else float(target_cost),
+            current.eta if eta is None else float(eta),
+            new_max,
+        )
+        if multiplier is not None and not 0 <= multiplier <= new_max:
+            raise InvalidRequest(f"multiplier is {multiplier}, must be in [0, {new_max}]")
+        change = BudgetChange(
+            target_rate=None if target_rate is None else float(target_rate),
+            target_cost=None if target_cost is None else float(target_cost),
+            eta=None if eta is None else float(eta),
+            lambda_max=None if lambda_max is None else new_max,
+            multiplier=None if multiplier is None else float(multiplier),
+        )
+        self.store.reset(change, self._clock())
+        retarget = target_rate is not None or target_cost is not None
         with self._lock:
-            rate = self._target_rate if target_rate is None else float(target_rate)
-            cost = self._target_cost if target_cost is None else float(target_cost)
-            new_eta = self._eta if eta is None else float(eta)
-            new_max = self._lambda_max if lambda_max is None else float(lambda_max)
-            _check_targets(rate, cost, new_eta, new_max)
-            if multiplier is not None and not 0 <= multiplier <= new_max:
-                raise InvalidRequest(f"multiplier is {multiplier}, must be in [0, {new_max}]")
-            if target_rate is not None:
-                self._mode = "rate"
-            if target_cost is not None:
-                self._mode = "cost"
-            self._target_rate, self._target_cost = rate, cost
-            self._eta, self._lambda_max = new_eta, new_max
-            self._multiplier = min(self._multiplier, new_max)
-            if multiplier is not None:
-                self._multiplier = float(multiplier)
-            self._reset_counts_locked()
-            retarget = target_rate is not None or target_cost is not None
             has_scores = bool(self._scores)
         if multiplier is None and retarget and has_scores:
             self.warm_start()
-        self._persist(force=True)
+        self.store.flush()
         snap = self.snapshot()
         log.info(
             "budget set: mode=%s target_rate=%.4g target_cost=%.4g eta=%.4g lambda=%.6g",
@@ -469,14 +465,19 @@ class BudgetController:
         return snap
 
     def flush(self) -> bool:
-        """Writes the state now (if there is a state dir); returns whether it was written."""
-        return self._persist(force=True)
+        """Writes the state now; returns whether all of it reached the file or shared store."""
+        return self.store.flush()
 
     def flush_due(self) -> bool:
         """Writes the state if it changed and ``persist_interval_s`` has passed since the last
         write; returns whether it was written. Called periodically, it bounds what a crash
-        loses to the decisions of the last ``persist_interval_s`` plus the calling period."""
-        return self._persist(force=False)
+        loses to the decisions of the last ``persist_interval_s`` plus the calling period (a
+        shared store writes every change at once; there it retries what an outage held back)."""
+        return self.store.flush_due()
+
+    def close(self) -> None:
+        """Flushes and releases the store's connections."""
+        self.store.close()
 
     # ----- internals
 
@@ -485,169 +486,49 @@ class BudgetController:
         model = self.outcome_model
         if model is None:
             return None
-        with self._lock:
-            rate_mode = self._mode == "rate"
-            target = self._target_rate if rate_mode else self._target_cost
-            top = self._lambda_max
+        s = self.store.state()
+        rate_mode = s.mode == "rate"
+        target = s.target_rate if rate_mode else s.target_cost
         try:
-            return solve_multiplier(lambda lam: model(lam)[0 if rate_mode else 1], target, top)
+            return solve_multiplier(
+                lambda lam: model(lam)[0 if rate_mode else 1], target, s.lambda_max
+            )
         except InvalidRequest as e:  # an empty window: fall back to the scores
             log.info("budget warm start on the policy's outcome skipped: %s", e)
             return None
 
-    def _cloud_share_locked(self) -> float:
-        if self._mode == "rate":
-            return self._target_rate
+    def _cloud_share(self, s: BudgetState) -> float:
+        if s.mode == "rate":
+            return s.target_rate
         lo, hi = self.config.edge_cost, self.config.cloud_cost
-        return min(max((self._target_cost - lo) / (hi - lo), 0.0), 1.0)
+        return min(max((s.target_cost - lo) / (hi - lo), 0.0), 1.0)
 
-    def _reset_counts_locked(self) -> None:
-        self._decisions = 0
-        self._cloud = 0
-        self._uncounted = 0
-        self._cost_sum = 0.0
-        self._updates = 0
-        self._clipped = 0
-        self._excess_sum = 0.0
-        self._multiplier_at_since = self._multiplier
-        self._since_unix_s = self._clock()
-
-    def _snapshot_locked(self) -> BudgetSnapshot:
-        n = self._decisions
+    def _snapshot(self, s: BudgetState) -> BudgetSnapshot:
+        n = s.decisions
         return BudgetSnapshot(
-            mode=self._mode,
-            target_rate=self._target_rate,
-            target_cost=self._target_cost,
-            multiplier=self._multiplier,
-            eta=self._eta,
-            lambda_max=self._lambda_max,
-            cost_scale=1.0 if self._mode == "rate" else self.config.cost_scale,
+            mode=s.mode,
+            target_rate=s.target_rate,
+            target_cost=s.target_cost,
+            multiplier=s.multiplier,
+            eta=s.eta,
+            lambda_max=s.lambda_max,
+            cost_scale=1.0 if s.mode == "rate" else self.config.cost_scale,
             decisions=n,
-            cloud_decisions=self._cloud,
-            uncounted_decisions=self._uncounted,
-            cost_sum=self._cost_sum,
-            running_rate=self._cloud / n if n else 0.0,
-            running_cost=self._cost_sum / n if n else 0.0,
-            since_unix_s=self._since_unix_s,
-            updates=self._updates,
-            clipped_updates=self._clipped,
-            excess_sum=self._excess_sum,
-            multiplier_at_since=self._multiplier_at_since,
-            warm_started=self._warm_started,
-            persisted=self._persisted,
+            cloud_decisions=s.cloud_decisions,
+            uncounted_decisions=s.uncounted_decisions,
+            cost_sum=s.cost_sum,
+            running_rate=s.cloud_decisions / n if n else 0.0,
+            running_cost=s.cost_sum / n if n else 0.0,
+            since_unix_s=s.since_unix_s,
+            updates=s.updates,
+            clipped_updates=s.clipped_updates,
+            excess_sum=s.excess_sum,
+            multiplier_at_since=s.multiplier_at_since,
+            warm_started=s.warm_started,
+            persisted=self.store.persisted,
+            store=self.store.description,
+            pending_decisions=self.store.pending_decisions,
         )
-
-    def _state_locked(self) -> dict[str, Any]:
-        snap = asdict(self._snapshot_locked())
-        state = {key: snap[key] for key in _PERSISTED}
-        return {"version": STATE_VERSION, **state}
-
-    def _persist(self, force: bool) -> bool:
-        path = self.state_path
-        if path is None:
-            return False
-        now = time.monotonic()
-        with self._lock:
-            if not force and (
-                not self._dirty or now - self._last_persist_s < self.config.persist_interval_s
-            ):
-                return False
-            self._last_persist_s = now
-            self._dirty = False
-            state = self._state_locked()
-        with self._write_lock:
-            try:
-                _write_atomically(path, json.dumps(state, indent=1, sort_keys=True) + "\n")
-            except OSError as e:
-                with self._lock:
-                    self._persisted = False
-                    self._dirty = True  # try again at the next chance
-                    first = not self._persist_failed
-                    self._persist_failed = True
-                if first:
-                    log.warning(
-                        "cannot write the budget state to %s (%s); keeping it in memory only, "
-                        "it will not survive a restart",
-                        path,
-                        e,
-                    )
-                return False
-        with self._lock:
-            if self._persist_failed:
-                log.info("budget state written to %s again", path)
-            self._persist_failed = False
-            self._persisted = True
-        return True
-
-    def _restore(self) -> bool:
-        path = self.state_path
-        if path is None or not path.exists():
-            return False
-        try:
-            state = json.loads(path.read_text())
-            if state.get("version") != STATE_VERSION:
-                raise ValueError(f"version {state.get('version')!r}, expected {STATE_VERSION}")
-            missing = [k for k in _PERSISTED if k not in state]
-            if missing:
-                raise ValueError(f"missing {missing}")
-            if state["mode"] not in ("rate", "cost"):
-                raise ValueError(f"mode {state['mode']!r}")
-            _check_targets(
-                float(state["target_rate"]),
-                float(state["target_cost"]),
-                float(state["eta"]),
-                float(state["lambda_max"]),
-            )
-            if not 0 <= float(state["multiplier"]) <= float(state["lambda_max"]):
-                raise ValueError(f"multiplier {state['multiplier']} out of range")
-        except (OSError, ValueError, TypeError, InvalidRequest) as e:
-            log.warning("ignoring the budget state in %s: %s; starting fresh", path, e)
-            return False
-        with self._lock:
-            self._mode = state["mode"]
-            self._target_rate = float(state["target_rate"])
-            self._target_cost = float(state["target_cost"])
-            self._eta = float(state["eta"])
-            self._lambda_max = float(state["lambda_max"])
-            self._multiplier = float(state["multiplier"])
-            self._decisions = int(state["decisions"])
-            self._cloud = int(state["cloud_decisions"])
-            self._uncounted = int(state["uncounted_decisions"])
-            self._cost_sum = float(state["cost_sum"])
-            self._since_unix_s = float(state["since_unix_s"])
-            self._updates = int(state["updates"])
-            self._clipped = int(state["clipped_updates"])
-            self._excess_sum = float(state["excess_sum"])
-            self._multiplier_at_since = float(state["multiplier_at_since"])
-            self._warm_started = bool(state["warm_started"])
-            self._persisted = True
-        log.info("budget state restored from %s: lambda=%.6g", path, self._multiplier)
-        return True
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` so that readers see the old or the new file, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def eta_for_recovery(tau_decisions: float, density: float) -> float:

@@ -87,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         triton_url=args.triton_url,
         triton_repo=args.triton_repo,
         state_dir=args.state_dir,
+        **{k: getattr(args, k) for k in ("budget_store", "budget_key_prefix", "metrics_host")},
         metrics_port=args.metrics_port,
         estimator_dir=args.estimator,
         estimator_runtime=args.estimator_runtime,
@@ -318,7 +319,10 @@ def add_router_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--triton-url", help="host:port of a running Triton (default: start one)")
     p.add_argument("--triton-repo", type=Path, help="repository of the managed Triton")
     p.add_argument("--state-dir", type=Path, help="where the budget state is kept")
-    p.add_argument("--metrics-port", type=port, help="Prometheus port on loopback (0: free)")
+    p.add_argument("--budget-store", help="local (default) or redis://host:6379/0 for replicas")
+    p.add_argument("--budget-key-prefix", help="Redis key prefix, one per fleet (t2i-router)")
+    p.add_argument("--metrics-port", type=port, help="Prometheus port (0: a free one)")
+    p.add_argument("--metrics-host", help="metrics address (127.0.0.1; 0.0.0.0 for a scraper)")
     p.add_argument("--estimator", type=Path, help="estimator folder (models/quality_estimator)")
     p.add_argument(
         "--estimator-runtime",

@@ -26,6 +26,7 @@ __all__ = ["ENV_PREFIX", "ESTIMATOR_RUNTIMES", "RouterConfig"]
 ENV_PREFIX = "T2I_ROUTER_"
 #: Where the quality estimator runs (`RouterConfig.estimator_runtime`).
 ESTIMATOR_RUNTIMES = ("in-process", "triton")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,17 @@ class RouterConfig:
         max_delay_s: Longest a prompt waits for its batch to fill.
         max_queue: Most prompts waiting for the estimator; more get RESOURCE_EXHAUSTED.
         limits: Request limits (environment: ``T2I_ROUTER_MAX_PROMPT_BYTES`` and so on).
-        state_dir: Where the budget state is persisted; None keeps it in memory.
+        state_dir: Where the budget state is persisted (local store); None keeps it in memory.
         state_flush_interval_s: Least time between two writes of a changed budget state; a
             crash (SIGKILL) loses at most the decisions of the last ``state_flush_interval_s +
             health_interval_s``.
-        metrics_port: Prometheus port on loopback; None serves no metrics, 0 a free port.
+        budget_store: ``local`` (this router's own state, in memory or ``state_dir``) or a Redis
+            URL shared by every replica (``redis://[:password@]host:port/db``, ``rediss://``
+            for TLS, ``unix://``); never shown by repr, as it may hold a password.
+        budget_key_prefix: Prefix of the Redis keys; one per fleet sharing a budget.
+        budget_store_timeout_s: Connect/read timeout of a Redis call; slower counts as an outage.
+        metrics_port: Prometheus port; None serves no metrics, 0 a free port.
+        metrics_host: Address of the metrics port (loopback by default; the page has no auth).
         grace_s: How long shutdown waits for in-flight calls.
         target_rate: Initial target cloud rate (a restored state wins).
         eta: Step size of the budget controller.
@@ -97,7 +104,11 @@ class RouterConfig:
     limits: Limits = field(default_factory=Limits)
     state_dir: Path | None = None
     state_flush_interval_s: float = 1.0
+    budget_store: str = field(default="local", repr=False)
+    budget_key_prefix: str = "t2i-router"
+    budget_store_timeout_s: float = 0.1
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     grace_s: float = 10.0
     target_rate: float = 0.3
     eta: float = 5e-4
@@ -152,6 +163,16 @@ class RouterConfig:
                 f"{ESTIMATOR_RUNTIMES}"
             )
         check_exposure(self.host, self.tls, self.insecure)
+        if self.budget_store != "local" and not self.budget_store.startswith(_REDIS_SCHEMES):
+            raise ConfigError(
+                f"budget store is {self.budget_store.split('@')[-1]!r}: give 'local' or a Redis "
+                "URL (redis://host:port/db, rediss://..., unix://...)"
+            )
+        if not self.budget_key_prefix or not self.budget_store_timeout_s > 0:
+            raise ConfigError(
+                f"budget_key_prefix {self.budget_key_prefix!r} must be set and "
+                f"budget_store_timeout_s {self.budget_store_timeout_s} > 0"
+            )
 
     @property
     def tls(self) -> bool:

@@ -155,7 +155,8 @@ class Router:
         q = await self.estimator.predict(list(prompts))
         u = self.policy.utilities(q)
         self.window.add(u)
-        return self.budget.warm_start(self.policy.scores_from_utilities(u))
+        # if_cold: replicas sharing a store start one after another; the first warm start stands
+        return self.budget.warm_start(self.policy.scores_from_utilities(u), if_cold=True)
 
     def calibrate(
         self, target_rate: float, tau_decisions: float, max_eta: float
@@ -167,13 +168,14 @@ class Router:
             lambda lam: self.window.at(lam)[0],
             target_rate,
             tau_decisions,
-            self.budget.snapshot().lambda_max,
+            self.budget.view().lambda_max,
             max_eta,
         )
 
     # ----- budget
 
     def budget_snapshot(self) -> BudgetSnapshot:
+        """The budget state (a shared store's: raises Unavailable while it cannot be reached)."""
         return self.budget.snapshot()
 
     def set_budget(self, **changes: Any) -> BudgetSnapshot:

@@ -6,10 +6,11 @@ Exported (prefix ``t2i_router_``):
 - ``stage_seconds{stage}``: latency histograms per stage (queue, estimate, decide, generate,
   encode) and ``request_seconds{rpc}`` per whole rpc;
 - ``queue_depth``: prompts waiting in the micro-batcher; ``batch_size``: histogram of batches;
-- ``lambda``, ``running_rate``, ``target_rate``, ``running_cost``, ``counted_decisions``: the
-  budget controller, read when scraped.
+- ``lambda``, ``running_rate``, ``target_rate``, ``running_cost``, ``counted_decisions``,
+  ``budget_persisted``, ``budget_pending_decisions``: the budget controller as this router sees
+  it, read when scraped (with a shared store: its last view, refreshed at every decision batch).
 
-`serve_metrics` exposes the registry over HTTP on a loopback port.
+`serve_metrics` exposes the registry over HTTP (on loopback unless told otherwise).
 """
 
 from __future__ import annotations
@@ -77,6 +78,14 @@ class RouterMetrics:
                 ("target_rate", "Target share of cloud decisions"),
                 ("running_cost", "Average cost of counted decisions"),
                 ("counted_decisions", "Counted decisions since the budget's start"),
+                (
+                    "budget_persisted",
+                    "1 while the budget state reaches its file or shared store, else 0",
+                ),
+                (
+                    "budget_pending_decisions",
+                    "Decisions of this replica not yet in the shared budget store",
+                ),
             )
         }
 
@@ -100,6 +109,8 @@ class RouterMetrics:
             "target_rate": "target_rate",
             "running_cost": "running_cost",
             "counted_decisions": "decisions",
+            "budget_persisted": "persisted",
+            "budget_pending_decisions": "pending_decisions",
         }
         for name, attribute in fields.items():
             self._budget[name].set_function(

@@ -35,6 +35,7 @@ from t2i_router.errors import PortInUseError
 from t2i_router.estimator.choices import Choice as ChoiceName
 from t2i_router.estimator.choices import choice_costs
 from t2i_router.router.budget import BudgetConfig, BudgetController
+from t2i_router.router.budget_store import BudgetStore
 from t2i_router.router.config import ENV_PREFIX, RouterConfig
 from t2i_router.router.core import Router
 from t2i_router.router.estimator import Estimator
@@ -55,6 +56,7 @@ __all__ = [
     "ENV_PREFIX",
     "RouterConfig",
     "RouterService",
+    "budget_store",
     "build_router",
     "create_server",
     "triton_supervisor",
@@ -93,6 +95,21 @@ def build_policy(
     )
 
 
+def budget_store(config: RouterConfig) -> BudgetStore | None:
+    """The shared Redis store of ``config.budget_store``, or None for the local one."""
+    if config.budget_store == "local":
+        return None
+    from t2i_router.router.budget_redis import RedisBudgetStore
+
+    if config.state_dir is not None:
+        log.warning("--state-dir is not used: the budget state is shared in Redis")
+    return RedisBudgetStore(
+        config.budget_store,
+        config.budget_key_prefix,
+        timeout_s=config.budget_store_timeout_s,
+    )
+
+
 def build_router(
     config: RouterConfig,
     estimator: Estimator,
@@ -113,7 +130,8 @@ def build_router(
             cloud_cost=cloud.cost,
             state_dir=config.state_dir,
             persist_interval_s=config.state_flush_interval_s,
-        )
+        ),
+        store=budget_store(config),
     )
     counter = MiniLMTokenCounter() if config.limits.max_prompt_tokens > 0 else None
     return Router(
@@ -242,19 +260,21 @@ class RouterService:
         await self._set_serving(False)
         await self._server.start()
         if self.metrics is not None:
-            self.metrics.watch(lambda: self.router.batcher.queue_depth, self.router.budget_snapshot)
+            # the view never fails on a shared store: a scrape during an outage still answers
+            self.metrics.watch(lambda: self.router.batcher.queue_depth, self.router.budget.view)
             if self.config.metrics_port is not None:
                 self._metrics_server, self.metrics_port = serve_metrics(
-                    self.metrics, self.config.metrics_port
+                    self.metrics, self.config.metrics_port, self.config.metrics_host
                 )
         c = self.config
         tokens = c.tokens()
         log.info(
-            "gRPC server listening on %s:%d (%s, tokens: %s)",
+            "gRPC server listening on %s:%d (%s, tokens: %s, budget store: %s)",
             c.host,
             self.port,
             "mTLS" if c.tls_client_ca else "TLS" if c.tls else "plaintext",
             ", ".join(k for k in ("generation", "admin") if getattr(tokens, k)) or "none",
+            self.router.budget.store.description,
         )
         if not c.tls and not is_loopback(c.host):
             log.warning("serving plaintext on %s (--insecure): tokens travel in clear", c.host)
@@ -299,7 +319,7 @@ class RouterService:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(self.config.grace_s)
         await self.router.close()
-        self.router.budget.flush()
+        self.router.budget.close()  # flushes (a shared store: replays what an outage held back)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         log.info("router stopped")
