@@ -242,7 +242,13 @@ class RouterService:
         await self._set_serving(False)
         await self._server.start()
         if self.metrics is not None:
-            self.metrics.watch(lambda: self.router.batcher.queue_depth, self.router.budget_snapshot)
+            loop = asyncio.get_running_loop()
+            self.metrics.watch(
+                lambda: self.router.batcher.queue_depth,
+                self.router.budget_snapshot,
+                tasks=lambda: len(asyncio.all_tasks(loop)),  # safe off the loop's thread
+                in_flight=self.limiter.in_flight,
+            )
             if self.config.metrics_port is not None:
                 self._metrics_server, self.metrics_port = serve_metrics(
                     self.metrics, self.config.metrics_port
