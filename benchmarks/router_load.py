@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 import numpy as np
@@ -71,20 +72,26 @@ def summary(latencies_s: list[float], wall_s: float, errors: int) -> dict:
     }
 
 
-async def timed_route(
-    stub, prompt: str, latencies: list[float], dry_run: bool = True, timeout_s: float = 60.0
+async def timed_call(
+    call: Callable[[], Awaitable[object]], latencies: list[float]
 ) -> grpc.StatusCode:
-    """One one-prompt Route call; its latency is appended when it succeeds. Returns its status
-    (OK, or the code the router answered)."""
+    """Makes one call (``call()`` starts it); its latency is appended when it succeeds. Returns
+    its status (OK, or the code the router answered)."""
     start = time.perf_counter()
     try:
-        await stub.Route(
-            router_pb2.RouteRequest(prompts=[prompt], dry_run=dry_run), timeout=timeout_s
-        )
+        await call()
     except grpc.aio.AioRpcError as e:
         return e.code()
     latencies.append(time.perf_counter() - start)
     return grpc.StatusCode.OK
+
+
+async def timed_route(
+    stub, prompt: str, latencies: list[float], dry_run: bool = True, timeout_s: float = 60.0
+) -> grpc.StatusCode:
+    """One one-prompt Route call, timed (`timed_call`)."""
+    request = router_pb2.RouteRequest(prompts=[prompt], dry_run=dry_run)
+    return await timed_call(lambda: stub.Route(request, timeout=timeout_s), latencies)
 
 
 async def closed_loop(stub, prompts: list[str], n: int, concurrency: int) -> dict:

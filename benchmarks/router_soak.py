@@ -1,15 +1,24 @@
 """Overload and soak of a route-only router in its own process: a burst, capacity, a long run.
 
     nice -n 10 .venv/bin/python benchmarks/router_soak.py --minutes 10   # benchmarks/results/
+    nice -n 10 .venv/bin/python benchmarks/router_soak.py --generate --burst-factor 0 --minutes 3
 
-The router runs in a subprocess (`route_server.py`: the untrained seeded MoE in-process, or the
-trained one of ``--estimator``; no engines, so this is the router's own capacity, Route only),
-so its resident memory and open descriptors are its own, read from /proc/PID; its asyncio tasks,
-calls in flight, queue depth and request counts come from its /metrics (`router.metrics`). Its
-per-client concurrency limit is raised above the burst, so the queue bound alone refuses. Every
-call is a one-prompt, counted Route (not a dry run), as real traffic. Three phases:
+The router runs in a subprocess (`soak_server.py`: the untrained seeded MoE in-process, or the
+trained one of ``--estimator``), so its resident memory and open descriptors are its own, read
+from /proc/PID; its asyncio tasks, calls in flight, queue depth and request counts come from its
+/metrics (`router.metrics`). Its per-client concurrency limit is raised above the burst, so the
+queue bound alone refuses. Two modes:
 
-1. burst: ``--burst-factor`` x ``--max-queue`` calls sent at once. Goal: every reply is OK or
+- route-only (default): no engines; every call is a one-prompt, counted Route (not a dry run),
+  as real traffic: the router's own capacity;
+- ``--generate``: a managed tritonserver serves ``triton_repo/`` and every call is a Generate
+  with target EDGE (the edge engine through Triton, PNG back): capacity is then Triton's on
+  this host, and the soak checks the router's client side of it (channel, deadlines, encode).
+
+Three phases:
+
+1. burst (route-only; ``--burst-factor 0`` skips it): ``--burst-factor`` x ``--max-queue``
+   Route calls sent at once. Goal: every reply is OK or
    RESOURCE_EXHAUSTED quoting ``max_queue``, some are refused, the OK replies are exactly the
    requests the server accepted (its budget counts and its requests_total, so none accepted was
    lost), and the server still serves afterwards with an empty queue;
@@ -36,19 +45,24 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 from bench_io import host_info, write_result
 from prometheus_client.parser import text_string_to_metric_families
-from router_load import timed_route
+from router_load import timed_call, timed_route
 
+from t2i_router.triton import ManagedTritonServer, TritonServerConfig
 from t2i_router.world import sample_prompts
 from t2i_router_client import router_pb2, router_pb2_grpc
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 GOAL_P99_RATIO, GOAL_RSS_GROWTH = 1.5, 0.05
+#: One timed call of the load: (call number, latencies to append to) -> its status.
+Call = Callable[[int, list[float]], Awaitable[grpc.StatusCode]]
 SETTLE_S = 2.0  # after a load ends, before the idle probe (grpc finishes its calls' cleanup)
 
 
@@ -56,18 +70,20 @@ SETTLE_S = 2.0  # after a load ends, before the idle probe (grpc finishes its ca
 
 
 class ServerProcess:
-    """`route_server.py` in a subprocess; `start` waits for its ready line."""
+    """`soak_server.py` in a subprocess; `start` waits for its ready line."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, triton_url: str | None = None) -> None:
         self.argv = [
             sys.executable,
-            str(HERE / "route_server.py"),
+            str(HERE / "soak_server.py"),
             "--max-queue", str(args.max_queue),
-            "--max-concurrent-per-client", str(args.max_queue * args.burst_factor * 2),
+            "--max-concurrent-per-client", str(max(args.max_queue * args.burst_factor * 2, 1024)),
             "--features", args.features,
         ]  # fmt: skip
         if args.estimator:
             self.argv += ["--estimator", args.estimator]
+        if triton_url:
+            self.argv += ["--triton-url", triton_url]
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -78,7 +94,7 @@ class ServerProcess:
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout_s)
         if not line:
-            raise RuntimeError(f"route_server.py exited with {self.proc.wait()} before serving")
+            raise RuntimeError(f"soak_server.py exited with {self.proc.wait()} before serving")
         self.info = json.loads(line)
         return self.info
 
@@ -123,9 +139,15 @@ def metric(samples: dict, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
+def _load_calls(samples: dict, status: str) -> int:
+    """Route and Generate calls (the load's rpcs, not GetBudget) finished with ``status``."""
+    name = "t2i_router_requests_total"
+    return int(sum(metric(samples, name, rpc=rpc, status=status) for rpc in ("Route", "Generate")))
+
+
 async def probe(server: ServerProcess) -> dict:
     """The server's RSS, descriptors and threads (/proc) and its tasks, calls in flight, queue
-    depth and Route counts by status (/metrics), read in that order."""
+    depth and Route + Generate counts by status (/metrics), read in that order."""
     pid = server.info["pid"]
     rss_kb = _status_field(pid, "VmRSS")
     fds = len(os.listdir(f"/proc/{pid}/fd"))
@@ -138,10 +160,8 @@ async def probe(server: ServerProcess) -> dict:
         "asyncio_tasks": int(metric(samples, "t2i_router_asyncio_tasks")),
         "calls_in_flight": int(metric(samples, "t2i_router_calls_in_flight")),
         "queue_depth": int(metric(samples, "t2i_router_queue_depth")),
-        "route_ok": int(metric(samples, "t2i_router_requests_total", rpc="Route", status="OK")),
-        "route_refused": int(
-            metric(samples, "t2i_router_requests_total", rpc="Route", status="RESOURCE_EXHAUSTED")
-        ),
+        "ok": _load_calls(samples, "OK"),
+        "refused": _load_calls(samples, "RESOURCE_EXHAUSTED"),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -189,8 +209,8 @@ async def burst(stub, server: ServerProcess, prompts: list[str], n: int, max_que
     after = await probe(server)
     serves_after = await timed_route(stub, prompts[0], [], dry_run=True) == grpc.StatusCode.OK
     ok, refused = codes["OK"], codes["RESOURCE_EXHAUSTED"]
-    server_ok = after["route_ok"] - before["route_ok"]
-    server_refused = after["route_refused"] - before["route_refused"]
+    server_ok = after["ok"] - before["ok"]
+    server_refused = after["refused"] - before["refused"]
     out = {
         "max_queue": max_queue,
         "sent": n,
@@ -223,7 +243,28 @@ async def burst(stub, server: ServerProcess, prompts: list[str], n: int, max_que
     return out
 
 
-async def capacity(stub, prompts: list[str], seconds: float, concurrency: int) -> dict:
+def route_call(stub, prompts: list[str]) -> Call:
+    """A counted one-prompt Route."""
+
+    async def call(i: int, latencies: list[float]) -> grpc.StatusCode:
+        return await timed_route(stub, prompts[i % len(prompts)], latencies, dry_run=False)
+
+    return call
+
+
+def generate_call(stub, prompts: list[str]) -> Call:
+    """A Generate on the edge engine (target EDGE), seed ``i``."""
+
+    async def call(i: int, latencies: list[float]) -> grpc.StatusCode:
+        request = router_pb2.GenerateRequest(
+            prompt=prompts[i % len(prompts)], seed=i, target=router_pb2.TARGET_EDGE
+        )
+        return await timed_call(lambda: stub.Generate(request, timeout=120), latencies)
+
+    return call
+
+
+async def capacity(call: Call, seconds: float, concurrency: int) -> dict:
     """Closed loop: ``concurrency`` workers calling back to back for ``seconds``."""
     latencies: list[float] = []
     codes: Counter[str] = Counter()
@@ -234,7 +275,7 @@ async def capacity(stub, prompts: list[str], seconds: float, concurrency: int) -
     async def worker() -> None:
         while time.perf_counter() < end:
             i = next(counter)
-            codes[(await timed_route(stub, prompts[i % len(prompts)], latencies, False)).name] += 1
+            codes[(await call(i, latencies)).name] += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall_s = time.perf_counter() - start
@@ -249,7 +290,7 @@ async def capacity(stub, prompts: list[str], seconds: float, concurrency: int) -
 
 
 async def soak(
-    stub, server: ServerProcess, prompts: list[str], rate: float, seconds: float, window_s: float
+    call: Call, server: ServerProcess, rate: float, seconds: float, window_s: float
 ) -> dict:
     """Open loop at ``rate`` for ``seconds``; calls are tallied in the window they were sent in."""
     n_windows = max(1, math.ceil(seconds / window_s - 1e-9))
@@ -262,8 +303,7 @@ async def soak(
     start = time.perf_counter()
 
     async def one(i: int, w: int) -> None:
-        code = await timed_route(stub, prompts[i % len(prompts)], latencies[w], dry_run=False)
-        codes[w][code.name] += 1
+        codes[w][(await call(i, latencies[w])).name] += 1
 
     async def sampler() -> None:
         k = 1
@@ -327,7 +367,7 @@ async def soak(
         "achieved_rate": round(i / sent_s, 2),
         "codes": dict(sum(codes, Counter())),
         "ok": ok,
-        "ok_by_server_metrics": idle_after["route_ok"] - idle_before["route_ok"],
+        "ok_by_server_metrics": idle_after["ok"] - idle_before["ok"],
         "idle_before": idle_before,
         "idle_after": idle_after,
         "windows": windows,
@@ -380,14 +420,20 @@ def goals(s: dict) -> dict:
     return out
 
 
-async def run(args: argparse.Namespace) -> dict:
+async def run(args: argparse.Namespace, triton_url: str | None = None) -> dict:
     load_before = os.getloadavg()[0]
-    server = ServerProcess(args)
+    server = ServerProcess(args, triton_url)
     prompts = [t for t, _ in sample_prompts(512, seed=4242)]
+    mode = (
+        "generate: Generate calls with target EDGE through a router in its own process to a "
+        "managed tritonserver (triton_repo/): Triton's edge capacity on this host"
+        if args.generate
+        else "route-only: counted one-prompt Route calls to a router in its own process, "
+        "in-process estimator, no engines (the router's own capacity)"
+    )
     result: dict = {
         "command": "benchmarks/router_soak.py " + " ".join(args.argv),
-        "mode": "route-only: counted one-prompt Route calls to a router in its own process, "
-        "in-process estimator, no engines (the router's own capacity)",
+        "mode": mode,
         "host": host_info() | {"load_average_1m_at_start": round(load_before, 2)},
     }
     try:
@@ -396,20 +442,21 @@ async def run(args: argparse.Namespace) -> dict:
         result["server"] = {"argv": server.argv[1:], "at_start": await probe(server)}
         async with grpc.aio.insecure_channel(f"127.0.0.1:{info['port']}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            await capacity(stub, prompts, 2.0, 4)  # warm-up: first calls load lazily
-            result["burst"] = await burst(
-                stub, server, prompts, args.max_queue * args.burst_factor, args.max_queue
-            )
-            cap = await capacity(stub, prompts, args.capacity_s, args.capacity_concurrency)
+            call = (generate_call if args.generate else route_call)(stub, prompts)
+            await capacity(call, 2.0, 4)  # warm-up: first calls load lazily
+            if args.burst_factor > 0:
+                result["burst"] = await burst(
+                    stub, server, prompts, args.max_queue * args.burst_factor, args.max_queue
+                )
+            cap = await capacity(call, args.capacity_s, args.capacity_concurrency)
             result["capacity"] = cap
             rate = args.load * cap["requests_per_s"]
-            result["soak"] = await soak(
-                stub, server, prompts, rate, args.minutes * 60, args.window_s
-            )
+            result["soak"] = await soak(call, server, rate, args.minutes * 60, args.window_s)
             result["soak"]["load"] = args.load
     finally:
         result["server_exit_code"] = server.stop()
-    result["goals"] = {"burst": result["burst"]["met"]} | goals(result["soak"])
+    burst_goal = {"burst": result["burst"]["met"]} if "burst" in result else {}
+    result["goals"] = burst_goal | goals(result["soak"])
     result["host"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     return result
 
@@ -418,8 +465,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--estimator", help="a trained estimator folder (default: untrained MoE)")
     parser.add_argument("--features", choices=("static", "contextual"), default="static")
+    parser.add_argument(
+        "--generate", action="store_true", help="Generate (edge) through a managed Triton"
+    )
     parser.add_argument("--max-queue", type=int, default=64, help="the server's queue bound")
-    parser.add_argument("--burst-factor", type=int, default=10, help="burst = this x max-queue")
+    parser.add_argument(
+        "--burst-factor", type=int, default=10, help="burst = this x max-queue (0: no burst)"
+    )
     parser.add_argument("--capacity-s", type=float, default=20.0, help="closed-loop seconds")
     parser.add_argument("--capacity-concurrency", type=int, default=16)
     parser.add_argument("--load", type=float, default=0.8, help="soak rate / capacity")
@@ -430,7 +482,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else []
-    result = asyncio.run(run(args))
+    if args.generate:
+        config = TritonServerConfig(model_repository=ROOT / "triton_repo", startup_timeout_s=400)
+        with ManagedTritonServer(config) as triton:
+            result = asyncio.run(run(args, triton.grpc_url))
+    else:
+        result = asyncio.run(run(args))
     write_result(result, args.out, "router_soak")
     return result
 
