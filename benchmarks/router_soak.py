@@ -376,7 +376,8 @@ async def soak(
 
 
 def goals(s: dict) -> dict:
-    """The soak's goals, each with its figure, its bound and whether it was met."""
+    """The soak's goals, each with its figure, its bound and whether it was met (`run` adds the
+    burst's and ``all_met``)."""
     windows = s["windows"]
     first, later = windows[0], windows[1:]
     p99s = [w["p99_ms"] for w in later if w["p99_ms"] is not None]
@@ -416,7 +417,6 @@ def goals(s: dict) -> dict:
         "lost": lost,
         "met": lost == 0,
     }
-    out["all_met"] = all(g["met"] for g in out.values())
     return out
 
 
@@ -455,8 +455,9 @@ async def run(args: argparse.Namespace, triton_url: str | None = None) -> dict:
             result["soak"]["load"] = args.load
     finally:
         result["server_exit_code"] = server.stop()
-    burst_goal = {"burst": result["burst"]["met"]} if "burst" in result else {}
-    result["goals"] = burst_goal | goals(result["soak"])
+    met = ({"burst": result["burst"]["met"]} if "burst" in result else {}) | goals(result["soak"])
+    met["all_met"] = all(g if isinstance(g, bool) else g["met"] for g in met.values())
+    result["goals"] = met
     result["host"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     return result
 
