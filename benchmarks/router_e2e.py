@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
+from bench_io import host_info, write_result
 from router_load import make_estimator
 
 from t2i_router.router.server import RouterConfig, RouterService, build_router
@@ -141,11 +139,7 @@ async def run(args: argparse.Namespace, triton_url: str) -> dict:
     result: dict = {
         "command": "benchmarks/router_e2e.py " + " ".join(args.argv),
         "estimator": description,
-        "host": {
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "load_average_1m": round(os.getloadavg()[0], 2),
-        },
+        "host": host_info(),
     }
     async with TritonClient(triton_url) as client:
         router = build_router(config, estimator, client)
@@ -194,10 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         config = TritonServerConfig(model_repository=ROOT / "triton_repo", startup_timeout_s=400)
         with ManagedTritonServer(config) as triton:
             result = asyncio.run(run(args, triton.grpc_url))
-    out = Path(args.out or f"benchmarks/results/router_e2e-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out, "router_e2e")
     return result
 
 

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import time
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import grpc
 import numpy as np
+from bench_io import host_info, write_result
 
 from t2i_router.errors import Unavailable
 from t2i_router.router.estimator import InProcessEstimator
@@ -74,15 +72,26 @@ def summary(latencies_s: list[float], wall_s: float, errors: int) -> dict:
     }
 
 
-async def timed_route(stub, prompt: str, latencies: list[float]) -> bool:
-    """One dry-run Route call; its latency is appended when it succeeds (returns False if not)."""
+async def timed_call(
+    call: Callable[[], Awaitable[object]], latencies: list[float]
+) -> grpc.StatusCode:
+    """Makes one call (``call()`` starts it); its latency is appended when it succeeds. Returns
+    its status (OK, or the code the router answered)."""
     start = time.perf_counter()
     try:
-        await stub.Route(router_pb2.RouteRequest(prompts=[prompt], dry_run=True))
-    except grpc.aio.AioRpcError:
-        return False
+        await call()
+    except grpc.aio.AioRpcError as e:
+        return e.code()
     latencies.append(time.perf_counter() - start)
-    return True
+    return grpc.StatusCode.OK
+
+
+async def timed_route(
+    stub, prompt: str, latencies: list[float], dry_run: bool = True, timeout_s: float = 60.0
+) -> grpc.StatusCode:
+    """One one-prompt Route call, timed (`timed_call`)."""
+    request = router_pb2.RouteRequest(prompts=[prompt], dry_run=dry_run)
+    return await timed_call(lambda: stub.Route(request, timeout=timeout_s), latencies)
 
 
 async def closed_loop(stub, prompts: list[str], n: int, concurrency: int) -> dict:
@@ -92,7 +101,8 @@ async def closed_loop(stub, prompts: list[str], n: int, concurrency: int) -> dic
         nonlocal errors, next_i
         while next_i < n:
             i, next_i = next_i, next_i + 1
-            errors += not await timed_route(stub, prompts[i % len(prompts)], latencies)
+            code = await timed_route(stub, prompts[i % len(prompts)], latencies)
+            errors += code != grpc.StatusCode.OK
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -104,7 +114,8 @@ async def open_loop(stub, prompts: list[str], rate: float, duration_s: float) ->
 
     async def one(i: int) -> None:
         nonlocal errors
-        errors += not await timed_route(stub, prompts[i % len(prompts)], latencies)
+        code = await timed_route(stub, prompts[i % len(prompts)], latencies)
+        errors += code != grpc.StatusCode.OK
 
     n = int(rate * duration_s)
     start = time.perf_counter()
@@ -131,11 +142,7 @@ async def run(args: argparse.Namespace) -> dict:
     result: dict = {
         "command": "benchmarks/router_load.py " + " ".join(args.argv),
         "estimator": description,
-        "host": {
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "load_average_1m": round(os.getloadavg()[0], 2),
-        },
+        "host": host_info(),
         "max_delay_s": args.max_delay_s,
         "closed_loop": {},
     }
@@ -176,10 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else []
     result = asyncio.run(run(args))
-    out = Path(args.out or f"benchmarks/results/router_load-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out, "router_load")
     return result
 
 

@@ -47,8 +47,8 @@ class ClientLimiter:
 
     def in_flight(self, client: str | None = None) -> int:
         """Calls in flight for ``client``, or for every client when None."""
-        if client is None:
-            return sum(self._in_flight.values())
+        if client is None:  # list() copies in one step, so a scrape's thread may call this
+            return sum(list(self._in_flight.values()))
         return self._in_flight.get(client, 0)
 
     def acquire(self, client: str) -> None:

@@ -8,7 +8,12 @@ Exported (prefix ``t2i_router_``):
 - ``queue_depth``: prompts waiting in the micro-batcher; ``batch_size``: histogram of batches;
 - ``lambda``, ``running_rate``, ``target_rate``, ``running_cost``, ``counted_decisions``,
   ``budget_persisted``, ``budget_pending_decisions``: the budget controller as this router sees
-  it, read when scraped (with a shared store: its last view, refreshed at every decision batch).
+  it, read when scraped (with a shared store: its last view, refreshed at every decision batch);
+- ``asyncio_tasks``: unfinished tasks on the serving event loop, and ``calls_in_flight``: calls
+  holding a per-client concurrency slot, read when scraped (both return to their idle values
+  when a load ends: a leak shows as growth, `benchmarks/router_soak.py`);
+- ``process_resident_memory_bytes``, ``process_open_fds``, ``process_cpu_seconds_total``, ...:
+  the process itself (prometheus_client's process collector, Linux only).
 
 `serve_metrics` exposes the registry over HTTP (on loopback unless told otherwise).
 """
@@ -19,7 +24,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 from t2i_router.router.budget import BudgetSnapshot
 
@@ -70,6 +82,15 @@ class RouterMetrics:
         self.queue_depth = Gauge(
             "t2i_router_queue_depth", "Prompts waiting in the micro-batcher", registry=r
         )
+        self.asyncio_tasks = Gauge(
+            "t2i_router_asyncio_tasks", "Unfinished asyncio tasks on the serving loop", registry=r
+        )
+        self.calls_in_flight = Gauge(
+            "t2i_router_calls_in_flight",
+            "Calls holding a per-client concurrency slot",
+            registry=r,
+        )
+        ProcessCollector(registry=r)
         self._budget = {
             name: Gauge(f"t2i_router_{name}", text, registry=r)
             for name, text in (
@@ -100,9 +121,20 @@ class RouterMetrics:
         if seconds is not None:
             self.request_seconds.labels(rpc).observe(seconds)
 
-    def watch(self, queue_depth: Callable[[], int], budget: Callable[[], BudgetSnapshot]) -> None:
-        """Reads the queue depth and the budget when scraped."""
+    def watch(
+        self,
+        queue_depth: Callable[[], int],
+        budget: Callable[[], BudgetSnapshot],
+        tasks: Callable[[], int] | None = None,
+        in_flight: Callable[[], int] | None = None,
+    ) -> None:
+        """Reads the queue depth, the budget, the loop's tasks and the calls in flight when
+        scraped (from the HTTP server's thread: each callable must be safe to call there)."""
         self.queue_depth.set_function(queue_depth)
+        if tasks is not None:
+            self.asyncio_tasks.set_function(tasks)
+        if in_flight is not None:
+            self.calls_in_flight.set_function(in_flight)
         fields = {
             "lambda": "multiplier",
             "running_rate": "running_rate",

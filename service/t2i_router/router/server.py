@@ -260,8 +260,14 @@ class RouterService:
         await self._set_serving(False)
         await self._server.start()
         if self.metrics is not None:
+            loop = asyncio.get_running_loop()
             # the view never fails on a shared store: a scrape during an outage still answers
-            self.metrics.watch(lambda: self.router.batcher.queue_depth, self.router.budget.view)
+            self.metrics.watch(
+                lambda: self.router.batcher.queue_depth,
+                self.router.budget.view,
+                tasks=lambda: len(asyncio.all_tasks(loop)),  # safe off the loop's thread
+                in_flight=self.limiter.in_flight,
+            )
             if self.config.metrics_port is not None:
                 self._metrics_server, self.metrics_port = serve_metrics(
                     self.metrics, self.config.metrics_port, self.config.metrics_host
