@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gap_structure import _COLUMNS, CLOUD, GOALS, TOLERANCE, _fmt
+from gap_structure import _COLUMNS, CLOUD, GOALS, TOLERANCE, _fmt, write_report
 
 from t2i_router.engines import Engine
 from t2i_router.engines.recipe import CONCEPTS
-from t2i_router.estimator.evaluation import gap_structure, write_json
+from t2i_router.estimator.evaluation import gap_structure
 from t2i_router.estimator.labels import load_labels
 from t2i_router.world import mean_alignment, parse_prompt, score_images
 
@@ -173,10 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.split,
         args.cloud,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out.with_suffix(".json"), report)
-    out.with_suffix(".md").write_text(markdown(report))
+    out = write_report(args.out, report, markdown(report))
     log.info("wrote %s.json and %s.md", out, out)
     return report
 

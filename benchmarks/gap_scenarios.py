@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gap_structure import _COLUMNS, CLOUD, EDGE, GOALS, TOLERANCE, _fmt
+from gap_structure import _COLUMNS, CLOUD, EDGE, GOALS, TOLERANCE, _fmt, write_report
 
 from t2i_router.engines.recipe import CONCEPTS
-from t2i_router.estimator.evaluation import gap_structure, write_json
+from t2i_router.estimator.evaluation import gap_structure
 from t2i_router.estimator.labels import load_labels
 from t2i_router.world import COMPLEXITY_LEVELS, parse_prompt
 
@@ -143,10 +143,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     report = measure(args.labels, args.scenario, args.split, args.edge, args.cloud)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out.with_suffix(".json"), report)
-    out.with_suffix(".md").write_text(markdown(report))
+    out = write_report(args.out, report, markdown(report))
     log.info("wrote %s.json and %s.md", out, out)
     return report
 

@@ -132,11 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     report = measure(args.labels, args.split, args.edge, args.cloud, args.tolerance)
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), report)
-    out.with_suffix(".md").write_text(markdown(report))
+    out = write_report(args.out, report, markdown(report))
     log.info("wrote %s.json and %s.md (%d prompts)", out, out, report["all"]["n_prompts"])
     return 0
+
+
+def write_report(stem: str | Path, report: dict, text: str) -> Path:
+    """Writes STEM.json (the report) and STEM.md (``text``), making STEM's folder; returns STEM."""
+    out = Path(stem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out.with_suffix(".json"), report)
+    out.with_suffix(".md").write_text(text)
+    return out
 
 
 if __name__ == "__main__":

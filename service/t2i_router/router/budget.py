@@ -82,7 +82,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -91,10 +90,12 @@ from t2i_router.router.budget_store import (
     STATE_FILE,
     STATE_VERSION,
     BudgetChange,
+    BudgetMode,
     BudgetState,
     BudgetStore,
     LocalBudgetStore,
     Observation,
+    UpdateMode,
     check_targets,
 )
 from t2i_router.router.calibration import solve_multiplier
@@ -113,9 +114,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-BudgetMode = Literal["rate", "cost"]
-UpdateMode = Literal["request", "batch"]
 
 
 @dataclass(frozen=True)

@@ -197,6 +197,7 @@ class Policy:
         self._edge = names.index(config.edge_default)
         self._cloud = names.index(config.cloud_default)
         self._cloud_engine = config.choices[self._cloud].engine
+        self._on_cloud = np.array([c.engine == self._cloud_engine for c in config.choices])  # (M,)
         # argmax over choices sorted by cost returns the first maximum: ties go to the cheaper.
         self._by_cost = np.argsort(self._costs, kind="stable")  # (M,)
         self._span = float(self._costs[self._cloud] - self._costs[self._edge])
@@ -275,14 +276,13 @@ class Policy:
         t = np.array(target_list, dtype=object)
         index = np.where(t == "edge", self._edge, np.where(t == "cloud", self._cloud, index))
         index = index.astype(np.int64)
-        engines = np.array([c.engine for c in self.config.choices], dtype=object)
         return Decisions(
             index=index,
             utilities=u,
             objectives=objectives,
             scores=self.scores_from_utilities(u),
             utility_gaps=u[:, self._cloud] - u[:, self._edge],
-            cloud=engines[index] == self._cloud_engine,
+            cloud=self._on_cloud[index],
             costs=self._costs[index],
             forced=t != "auto",
             multiplier=float(multiplier),
@@ -305,8 +305,7 @@ class Policy:
                 f"utilities have shape {u.shape}, expected (N >= 1, {len(self.config.choices)})"
             )
         index = self._argmax(u - multiplier * self._costs / self.config.c_scale)
-        cloud = np.array([c.engine == self._cloud_engine for c in self.config.choices])
-        return float(cloud[index].mean()), float(self._costs[index].mean())
+        return float(self._on_cloud[index].mean()), float(self._costs[index].mean())
 
 
 def prs_alpha(multiplier: float, cost_span: float, c_scale: float) -> float:
