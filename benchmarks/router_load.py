@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--requests", type=int, default=400, help="calls per concurrency")
     parser.add_argument("--rate", type=float, default=GOAL_RATE, help="open-loop calls per second")
     parser.add_argument("--duration-s", type=float, default=10.0, help="open-loop duration")
-    parser.add_argument("--max-delay-s", type=float, default=0.002, help="batcher's wait")
+    parser.add_argument("--max-delay-s", type=float, default=0.0, help="batcher's wait")
     parser.add_argument(
         "--out", default=None, help="JSON path (default: benchmarks/results/router_load-TIME.json)"
     )

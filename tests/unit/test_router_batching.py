@@ -54,6 +54,25 @@ async def test_a_partial_batch_is_sent_after_max_delay() -> None:
     assert 0.04 <= waited < 2.0
 
 
+async def test_with_no_delay_items_queued_behind_a_running_batch_form_the_next_one() -> None:
+    """The default (max_delay_s 0): a lone item goes out at once, and what arrives while that
+    batch runs waits for the batch slot, then goes out together."""
+    gate = asyncio.Event()
+    fn = Recorder(gate)
+    async with MicroBatcher(fn, BatcherConfig(max_batch_size=8)) as batcher:
+        assert batcher.config.max_delay_s == 0
+        first = asyncio.create_task(batcher.submit(0))
+        while not fn.batches:  # dispatched alone, without waiting for company
+            await asyncio.sleep(0)
+        rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
+        while batcher.queue_depth < 5:
+            await asyncio.sleep(0)
+        assert fn.batches == [[0]]  # the slot is busy: the five wait
+        gate.set()
+        assert await asyncio.wait_for(asyncio.gather(first, *rest), 5.0) == [0, 2, 4, 6, 8, 10]
+    assert fn.batches == [[0], [1, 2, 3, 4, 5]]
+
+
 async def test_batches_never_exceed_max_batch_size() -> None:
     fn = Recorder()
     config = BatcherConfig(max_batch_size=4, max_delay_s=0.01)

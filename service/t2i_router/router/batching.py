@@ -2,7 +2,10 @@
 
 Callers ``await batcher.submit(item)``; the batcher gathers the items waiting in its queue into a
 batch of at most ``max_batch_size`` and calls ``batch_fn(items)`` once for it, as soon as the batch
-is full or ``max_delay_s`` after its first item arrived, whichever comes first. ``batch_fn``
+is full or ``max_delay_s`` after its first item arrived, whichever comes first, and a batch slot
+is free. With ``max_delay_s = 0`` (the default) a batch goes out as soon as a slot is free: a lone
+item waits for nothing, and under load the batches are what queued while the previous batch ran
+(as Triton's dynamic batcher with no queue delay). ``batch_fn``
 returns one result per item, in order; an element that is an exception is raised to that item's
 caller alone, and an exception raised by ``batch_fn`` itself goes to every caller of the batch.
 
@@ -47,13 +50,14 @@ class BatcherConfig:
 
     Attributes:
         max_batch_size: Most items in one call of the batch function (>= 1).
-        max_delay_s: Longest an item waits for its batch to fill before it is sent (>= 0).
+        max_delay_s: Longest an item waits for its batch to fill before it is sent (>= 0); 0
+            sends whatever waits as soon as a batch slot is free.
         max_queue: Most items waiting to be batched; more are refused (>= 1).
         max_concurrent_batches: Batches that may run at once (>= 1); while all run, items wait.
     """
 
     max_batch_size: int = 32
-    max_delay_s: float = 0.002
+    max_delay_s: float = 0.0
     max_queue: int = 1024
     max_concurrent_batches: int = 1
 

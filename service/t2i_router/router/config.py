@@ -48,7 +48,8 @@ class RouterConfig:
         max_message_bytes: Largest gRPC message received or sent; larger ones get
             RESOURCE_EXHAUSTED from grpc before the servicer runs.
         max_batch_size: Most prompts per estimator batch.
-        max_delay_s: Longest a prompt waits for its batch to fill.
+        max_delay_s: Longest a prompt waits for its batch to fill; 0 (default) sends a batch as
+            soon as the estimator is free, so batches are what queued meanwhile.
         max_queue: Most prompts waiting for the estimator; more get RESOURCE_EXHAUSTED.
         limits: Request limits (environment: ``T2I_ROUTER_MAX_PROMPT_BYTES`` and so on).
         state_dir: Where the budget state is persisted (local store); None keeps it in memory.
@@ -99,7 +100,7 @@ class RouterConfig:
     admin_token: str | None = field(default=None, repr=False)
     max_message_bytes: int = 4 * 1024 * 1024
     max_batch_size: int = 32
-    max_delay_s: float = 0.002
+    max_delay_s: float = 0.0
     max_queue: int = 1024
     limits: Limits = field(default_factory=Limits)
     state_dir: Path | None = None
