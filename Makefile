@@ -41,9 +41,10 @@ serve: venv
 stop: venv
 	$(BIN)/t2i-router triton stop
 
+# The product at work: Triton and the router, a few hundred prompts whose mix shifts halfway at
+# a target cloud rate of 0.3; writes docs/demo/. The world grid: `t2i-router world demo`.
 demo: venv
-	mkdir -p docs
-	$(BIN)/t2i-router world demo --out docs/world_grid.png
+	$(BIN)/t2i-router demo --out docs/demo
 
 # Re-resolves from pyproject.toml without the old pins (keeping what still satisfies it;
 # `make distclean lock` to take the newest of everything) and rewrites requirements.lock.

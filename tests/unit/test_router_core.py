@@ -243,6 +243,25 @@ async def test_calibrate_gives_lambda_star_and_eta_on_the_routers_window() -> No
     assert c.slope > 0 and c.eta == pytest.approx(min(1 / (10 * c.slope), 1.0))
 
 
+async def test_calibrate_on_a_sample_window_leaves_the_routers_own_alone() -> None:
+    router = make_router(target_rate=0.25)
+    try:
+        lam = await router.warm_start(PROMPTS)
+        window = await router.sample_window(PROMPTS[:3])
+        on_sample = router.calibrate(0.25, tau_decisions=10, max_eta=1.0, window=window)
+        alone = make_router(target_rate=0.25)
+        try:
+            lam_alone = await alone.warm_start(PROMPTS[:3])
+        finally:
+            await alone.close()
+    finally:
+        await router.close()
+    assert len(window) == 3 and len(router.window) == len(PROMPTS)
+    assert router.budget_snapshot().multiplier == pytest.approx(lam)
+    # the same lambda* a router warm-started on those prompts alone finds
+    assert on_sample.multiplier == pytest.approx(lam_alone)
+
+
 async def test_an_estimator_failure_fails_auto_prompts_but_not_forced_ones() -> None:
     model = TinyQualityModel()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from t2i_router.router.demo import DemoConfig, demo_prompts
+from t2i_router.router.demo import DemoConfig, calibration_prompts, demo_prompts
 from t2i_router.router.demo_report import (
     DemoRecord,
     baseline_sample,
@@ -15,6 +15,7 @@ from t2i_router.router.demo_report import (
     plot_rate_lambda,
     quality_summary,
     rate_summary,
+    rolling_rate,
 )
 from t2i_router.world import parse_prompt
 
@@ -40,13 +41,27 @@ def record(i: int, cloud: bool, phase: str = "before", lam: float = 0.1) -> Demo
 
 def test_rate_summary_reports_final_and_worst_error_after_warmup():
     records = [record(i, cloud=i % 3 == 0, phase="before" if i < 6 else "after") for i in range(12)]
-    out = rate_summary(records, 0.3, warmup_decisions=3)
-    running = np.cumsum([i % 3 == 0 for i in range(12)]) / np.arange(1, 13)
+    out = rate_summary(records, 0.3, warmup_decisions=3, window=4)
+    cloud = np.array([i % 3 == 0 for i in range(12)], dtype=float)
+    running = np.cumsum(cloud) / np.arange(1, 13)
     assert out["final_rate"] == pytest.approx(running[-1], abs=1e-4)
     assert out["max_rate_error_after_warmup"] == pytest.approx(
         np.abs(running[3:] - 0.3).max(), abs=1e-4
     )
     assert out["counted_decisions"] == 12
+    assert out["final_rolling_rate"] == pytest.approx(cloud[-4:].mean(), abs=1e-4)
+    assert out["lambda_90pct_after_shift_decisions"] is None  # lambda never moved
+    assert rolling_rate(records, 4)[:2] == pytest.approx([1.0, 0.5])  # fewer at the start
+
+
+def test_lambda_recovery_counts_decisions_from_the_shift_to_90_percent_of_the_move():
+    lams = [0.1] * 5 + [0.1, 0.12, 0.15, 0.18, 0.19, 0.2, 0.2]
+    records = [
+        record(i, cloud=False, phase="before" if i < 5 else "after", lam=lam)
+        for i, lam in enumerate(lams)
+    ]
+    out = rate_summary(records[::-1], 0.3, warmup_decisions=0, window=3)  # any completion order
+    assert out["lambda_90pct_after_shift_decisions"] == 4  # 0.19 is the first >= 0.19
 
 
 def test_random_routing_is_the_mix_of_edge_and_cloud_at_the_routers_share():
@@ -65,7 +80,7 @@ def test_latency_percentiles_per_stage_and_engine_and_figures_are_written(tmp_pa
     assert lat["client_ms"]["p50"] == pytest.approx(123.5)
     assert set(lat) >= {"generate_ms[edge_small]", "generate_ms[cloud_large]", "total_ms"}
     for path in (
-        plot_rate_lambda(records, 0.3, "t", tmp_path / "rate.png"),
+        plot_rate_lambda(records, 0.3, "t", tmp_path / "rate.png", window=3),
         plot_grid(records, np.linspace(0, 1, 8), "t", tmp_path / "grid.png", cols=4),
     ):
         assert path.read_bytes()[:4] == b"\x89PNG"
@@ -81,3 +96,14 @@ def test_prompts_shift_halfway_and_the_baseline_sample_spans_both_phases():
     sample = baseline_sample(records[::-1], 6)
     assert [r.index for r in sample] == [0, 4, 8, 11, 15, 19]
     assert baseline_sample(records, 0) == records
+
+
+def test_calibration_prompts_are_the_starting_mix_but_not_the_streams_prompts():
+    config = DemoConfig(prompts=40, calibration_prompts=30)
+    prompts = calibration_prompts(config)
+    assert len(prompts) == 30
+    assert {parse_prompt(p).complexity for p in prompts} == {"single", "group"}
+    stream = {p for p, _ in demo_prompts(config)}
+    assert len(stream & set(prompts)) < 5  # other seeds: at most chance repeats of short prompts
+    with pytest.raises(Exception, match="calibration_prompts is 0"):
+        DemoConfig(calibration_prompts=0)

@@ -158,14 +158,27 @@ class Router:
         # if_cold: replicas sharing a store start one after another; the first warm start stands
         return self.budget.warm_start(self.policy.scores_from_utilities(u), if_cold=True)
 
+    async def sample_window(self, prompts: Sequence[str]) -> OutcomeWindow:
+        """The policy's outcomes on ``prompts`` alone, for `calibrate` on a chosen sample of
+        traffic; the router's own window and lambda stay as they are."""
+        window = OutcomeWindow(self.policy.outcome, max(1, len(prompts)))
+        window.add(self.policy.utilities(await self.estimator.predict(list(prompts))))
+        return window
+
     def calibrate(
-        self, target_rate: float, tau_decisions: float, max_eta: float
+        self,
+        target_rate: float,
+        tau_decisions: float,
+        max_eta: float,
+        window: OutcomeWindow | None = None,
     ) -> BudgetCalibration:
-        """lambda* for ``target_rate`` on recent traffic, and the eta that recovers from a shift
-        in ``tau_decisions`` counted decisions (`calibration.calibrate_budget`); apply it with
-        `set_budget`. Needs decisions in the window (the warm start puts its prompts there)."""
+        """lambda* for ``target_rate`` on recent traffic (or on ``window``, from
+        `sample_window`), and the eta that recovers from a shift in ``tau_decisions`` counted
+        decisions (`calibration.calibrate_budget`); apply it with `set_budget`. Needs decisions
+        in the window (the warm start puts its prompts in the router's)."""
+        window = self.window if window is None else window
         return calibrate_budget(
-            lambda lam: self.window.at(lam)[0],
+            lambda lam: window.at(lam)[0],
             target_rate,
             tau_decisions,
             self.budget.view().lambda_max,

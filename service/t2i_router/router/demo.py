@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: the demo (stack, calibration, stream, baselines) reads as one story.
 """The product at work: route a shifting stream of prompts at a target cloud rate, end to end.
 
     .venv/bin/t2i-router demo                                  # models/quality_estimator
@@ -7,9 +8,10 @@ It starts the whole stack in this process tree: a managed tritonserver serving t
 ``triton_repo/``, the router (grpc.aio, a free loopback port) with the estimator of
 ``--estimator`` in-process (a missing folder stops it with a one-line error), then:
 
-1. sets the target cloud rate (SetBudget; 0.3 by default) with lambda and eta calibrated on 256
-   sampled prompts (`Router.calibrate`): lambda* where the policy's cloud share is
-   the target, and eta so that lambda recovers from a shift with a time constant of
+1. sets the target cloud rate (SetBudget; 0.3 by default) with lambda and eta calibrated on
+   ``calibration_prompts`` prompts of the mix the stream starts with (as an operator calibrates
+   on recent traffic; `Router.sample_window`, `Router.calibrate`): lambda* where the policy's
+   cloud share is the target, and eta so that lambda recovers from a shift with a time constant of
    ``prompts / 8`` decisions (the rule of `budget.eta_for_recovery`, at the measured slope of
    the share around lambda*);
 2. sends ``--prompts`` sampled prompts through Generate, ``--concurrency`` in flight, whose mix
@@ -59,7 +61,7 @@ from t2i_router.router.demo_report import (
 from t2i_router.router.estimator import DEFAULT_ESTIMATOR_DIR
 from t2i_router.world import mean_alignment, parse_prompt, sample_prompts, score_images
 
-__all__ = ["DemoConfig", "demo_prompts", "run_demo"]
+__all__ = ["DemoConfig", "calibration_prompts", "demo_prompts", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class DemoConfig:
         recovery_decisions: Wanted recovery time constant tau of lambda, in decisions; None is
             ``prompts / 8``.
         max_eta: Largest step size (a flat share curve must not make lambda jump).
+        calibration_prompts: Prompts of the ``before`` mix (not the stream's) that lambda and
+            eta are calibrated on.
         warmup_fraction: Share of the counted decisions left out of the worst rate error.
         grid_images: Routed images in ``grid.png``.
         baseline_prompts: Prompts (evenly spaced in the stream) on which routing is compared with
@@ -101,6 +105,7 @@ class DemoConfig:
     after: tuple[str, ...] = ("pair", "relation")
     recovery_decisions: float | None = None
     max_eta: float = 0.05
+    calibration_prompts: int = 256
     warmup_fraction: float = 0.25
     grid_images: int = 24
     baseline_prompts: int = 64
@@ -123,12 +128,19 @@ class DemoConfig:
                 f"concurrency {self.concurrency} and baseline_batch {self.baseline_batch} "
                 "must be >= 1"
             )
+        if self.calibration_prompts < 1:
+            raise InvalidRequest(f"calibration_prompts is {self.calibration_prompts}, must be >= 1")
         if not 0 <= self.warmup_fraction < 1:
             raise InvalidRequest(f"warmup_fraction is {self.warmup_fraction}, must be in [0, 1)")
 
     @property
     def tau_decisions(self) -> float:
         return self.recovery_decisions or max(4.0, self.prompts / 8)
+
+    @property
+    def rolling_window(self) -> int:
+        """Decisions of the rolling cloud rate: two recovery time constants."""
+        return max(1, round(2 * self.tau_decisions))
 
 
 def demo_prompts(config: DemoConfig) -> list[tuple[str, str]]:
@@ -144,6 +156,18 @@ def demo_prompts(config: DemoConfig) -> list[tuple[str, str]]:
         ]
         out.extend((per_level[i % len(levels)][i // len(levels)][0], phase) for i in range(n))
     return out
+
+
+def calibration_prompts(config: DemoConfig) -> list[str]:
+    """``calibration_prompts`` prompts of the ``before`` levels, drawn with seeds the stream's
+    prompts (`demo_prompts`) do not use."""
+    levels = config.before
+    per_level = [
+        sample_prompts(-(-config.calibration_prompts // len(levels)), seed=seed, complexity=c)
+        for c, seed in zip(levels, range(config.seed * 100 + 50, config.seed * 100 + 100))
+    ]
+    n = config.calibration_prompts
+    return [per_level[i % len(levels)][i // len(levels)][0] for i in range(n)]
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -196,8 +220,10 @@ async def _run_stack(
             port = await service.start()
             if not await service.wait_serving(60):
                 raise Unavailable("the router did not become SERVING within 60 s")
-            # the server's warm start estimated its sampled prompts into the router's window
-            calibration = router.calibrate(config.target_rate, config.tau_decisions, config.max_eta)
+            window = await router.sample_window(calibration_prompts(config))
+            calibration = router.calibrate(
+                config.target_rate, config.tau_decisions, config.max_eta, window
+            )
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = router_pb2_grpc.RouterStub(channel)
                 await stub.SetBudget(
@@ -217,7 +243,8 @@ async def _run_stack(
             budget["calibration"] = {
                 **asdict(calibration),
                 "tau_decisions": config.tau_decisions,
-                "sample_prompts": len(router.window),
+                "sample_prompts": len(window),
+                "sample_levels": list(config.before),
             }
         finally:
             await service.stop()
@@ -352,6 +379,7 @@ def _report(
         config.target_rate,
         f"t2i-router demo: {len(records)} prompts, single/group -> pair/relation halfway; {label}",
         out / "rate_lambda.png",
+        config.rolling_window,
     )
     step = max(1, len(by_index) // config.grid_images)
     shown = by_index[::step][: config.grid_images]
@@ -368,7 +396,12 @@ def _report(
         "requests": len(records),
         "errors": len(errors),
         "first_errors": errors[:5],
-        "rate": rate_summary(records, config.target_rate, int(counted * config.warmup_fraction)),
+        "rate": rate_summary(
+            records,
+            config.target_rate,
+            int(counted * config.warmup_fraction),
+            config.rolling_window,
+        ),
         "quality": quality,
         "latency_ms": latency_summary(records),
         "budget_at_end": budget,

@@ -94,15 +94,28 @@ def rate_series(records: Sequence[DemoRecord]) -> tuple[np.ndarray, np.ndarray]:
     return running, np.array([r.multiplier for r in counted], dtype=np.float64)
 
 
+def rolling_rate(records: Sequence[DemoRecord], window: int) -> np.ndarray:
+    """Cloud rate over the last ``window`` counted decisions (fewer at the start), in completion
+    order: what the controller holds now, where the running rate still carries a transient."""
+    cloud = np.array([r.cloud for r in records if r.counted], dtype=np.float64)
+    total = np.concatenate([[0.0], np.cumsum(cloud)])
+    ends = np.arange(1, len(cloud) + 1)
+    starts = np.maximum(ends - max(1, window), 0)
+    return (total[ends] - total[starts]) / (ends - starts)
+
+
 def rate_summary(
-    records: Sequence[DemoRecord], target_rate: float, warmup_decisions: int
+    records: Sequence[DemoRecord], target_rate: float, warmup_decisions: int, window: int
 ) -> dict[str, Any]:
-    """The running rate against the target: at the end, and its worst after the warm-up."""
+    """The running rate against the target (at the end, and its worst after the warm-up), the
+    rate over the last ``window`` decisions at the end, and how many decisions after the shift
+    lambda took to make 90% of its move to its final value."""
     running, lam = rate_series(records)
     if not len(running):
         return {"target_rate": target_rate, "counted_decisions": 0}
     error = np.abs(running - target_rate)
     after = error[warmup_decisions:] if len(error) > warmup_decisions else error[-1:]
+    rolling = rolling_rate(records, window)
     return {
         "target_rate": target_rate,
         "counted_decisions": len(running),
@@ -110,15 +123,33 @@ def rate_summary(
         "final_rate_error": round(float(error[-1]), 4),
         "warmup_decisions": warmup_decisions,
         "max_rate_error_after_warmup": round(float(after.max()), 4),
+        "rolling_window": window,
+        "final_rolling_rate": round(float(rolling[-1]), 4),
+        "final_rolling_rate_error": round(float(abs(rolling[-1] - target_rate)), 4),
         "lambda_first": round(float(lam[0]), 5),
         "lambda_at_shift": round(float(_lambda_at_shift(records)), 5),
         "lambda_last": round(float(lam[-1]), 5),
+        "lambda_90pct_after_shift_decisions": _lambda_recovery(records),
     }
 
 
 def _lambda_at_shift(records: Sequence[DemoRecord]) -> float:
     after = [r.multiplier for r in records if r.phase == "after"]
     return after[0] if after else float("nan")
+
+
+def _lambda_recovery(records: Sequence[DemoRecord]) -> int | None:
+    """Counted decisions (sending order) from the shift until lambda first covers 90% of the
+    way from its value at the shift to its last value; None without a shift or a move."""
+    lam = [r.multiplier for r in sorted(records, key=lambda r: r.index) if r.counted]
+    phases = [r.phase for r in sorted(records, key=lambda r: r.index) if r.counted]
+    if "after" not in phases:
+        return None
+    start = phases.index("after")
+    move = lam[-1] - lam[start]
+    if move == 0:
+        return None
+    return next(i for i, v in enumerate(lam[start:]) if (v - lam[start]) / move >= 0.9 - 1e-9)
 
 
 def quality_summary(
@@ -187,9 +218,10 @@ def latency_summary(records: Sequence[DemoRecord]) -> dict[str, Any]:
 
 
 def plot_rate_lambda(
-    records: Sequence[DemoRecord], target_rate: float, title: str, path: Path
+    records: Sequence[DemoRecord], target_rate: float, title: str, path: Path, window: int
 ) -> Path:
-    """Running cloud rate and lambda against the target over counted requests, shift marked."""
+    """Running cloud rate, the rate over the last ``window`` decisions and lambda against the
+    target over counted requests, shift marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,6 +235,14 @@ def plot_rate_lambda(
     shift = next((i + 1 for i, r in enumerate(by_index) if r.phase == "after"), None)
     fig, ax = plt.subplots(figsize=(8, 4.6))
     ax.plot(x, running, color="tab:blue", label="running cloud rate (completion order)")
+    ax.plot(
+        x,
+        rolling_rate(records, window),
+        color="tab:blue",
+        lw=0.8,
+        alpha=0.5,
+        label=f"cloud rate of the last {window}",
+    )
     ax.axhline(target_rate, color="tab:blue", ls="--", lw=1, label=f"target {target_rate:g}")
     ax.set_xlabel("counted requests")
     ax.set_ylabel("cloud rate", color="tab:blue")
