@@ -178,13 +178,11 @@ async def test_a_full_queue_refuses_route_and_generate_before_parsing_them() -> 
         return grpc.StatusCode.OK, ""
 
     try:
-        held = [
-            asyncio.ensure_future(
-                stub.Route(router_pb2.RouteRequest(prompts=["one red circle"]), metadata=token)
-            )
-            for _ in range(3)
-        ]  # one in the estimator, two queued: full
-        await until(lambda: bool(model.held) and router.batcher.queue_depth == 2)
+        request = router_pb2.RouteRequest(prompts=["one red circle"])
+        held = [asyncio.ensure_future(stub.Route(request, metadata=token))]
+        await until(lambda: bool(model.held))  # one in the estimator, then two queued: full
+        held += [asyncio.ensure_future(stub.Route(request, metadata=token)) for _ in range(2)]
+        await until(lambda: router.batcher.queue_depth == 2)
         raw = channel.unary_unary(
             "/t2i_router.v1.Router/Route", request_serializer=None, response_deserializer=None
         )
