@@ -143,7 +143,8 @@ def test_supervisor_restarts_a_dead_server_on_its_ports_with_growing_waits(
     with supervisor:
         url = supervisor.grpc_url
         server.status = -9  # SIGKILL
-        wait_for(lambda: supervisor.restarts == 1)
+        # restarts counts before the callbacks run (in the supervisor's thread): wait for both
+        wait_for(lambda: supervisor.restarts == 1 and len(events) == 2)
         assert events == ["down: tritonserver pid 4242 exited with status -9", "up"]
         # two failed starts after the death: three failures in a row, waits 0.01, 0.02, 0.04
         assert supervisor.backoff.failures == 3 and len(server.starts) == 4
