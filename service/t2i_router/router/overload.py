@@ -12,8 +12,8 @@ two thirds of itself that way (docs/operations.md, "Overload and soak"). Two par
   that size waits whole in grpc and reaches the router, which answers each call;
 - `QueueGate`: an interceptor that refuses Route and Generate with RESOURCE_EXHAUSTED, quoting
   the bound exactly as the queue does, while the queue is full, before the request is parsed,
-  guarded or tokenized: the router works through a burst's excess about twice as fast (a burst
-  of 10,240 calls took 13 s instead of 22-25 s on the 2-core host).
+  guarded or tokenized, so a burst's excess costs the router little next to the calls it
+  accepts.
 
 grpc still cancels a call it has held unrequested for 30 s
 (``grpc.server_max_unrequested_time_in_server``, left at its default): a burst the router cannot
