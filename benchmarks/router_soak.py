@@ -184,6 +184,7 @@ async def burst(stub, server: ServerProcess, prompts: list[str], n: int, max_que
     limit = f"limit is max_queue={max_queue}"
     before, accepted_before = await probe(server), await _accepted(stub)
     latencies: list[float] = []
+    refused_latencies: list[float] = []
     codes: Counter[str] = Counter()
     unquoted, malformed = 0, 0
 
@@ -196,7 +197,9 @@ async def burst(stub, server: ServerProcess, prompts: list[str], n: int, max_que
             )
         except grpc.aio.AioRpcError as e:
             codes[e.code().name] += 1
-            unquoted += e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and limit not in e.details()
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                unquoted += limit not in e.details()
+                refused_latencies.append(time.perf_counter() - start)
             return
         codes["OK"] += 1
         malformed += len(reply.decisions) != 1 or reply.decisions[0].choice == ""
@@ -226,6 +229,8 @@ async def burst(stub, server: ServerProcess, prompts: list[str], n: int, max_que
         "wall_s": round(wall_s, 3),
         "ok_p50_ms": _ms(latencies, 50),
         "ok_p99_ms": _ms(latencies, 99),
+        "refused_p50_ms": _ms(refused_latencies, 50),
+        "refused_p99_ms": _ms(refused_latencies, 99),
         "after": {k: after[k] for k in ("queue_depth", "calls_in_flight")},
         "serves_after": serves_after,
     }

@@ -316,6 +316,97 @@ async def test_router_killed_with_sigkill_restores_lambda_counts_and_target(
             process.wait()
 
 
+# ----- Triton frozen (SIGSTOP) during load, then resumed (SIGCONT)
+
+# The callers' deadline: an image takes 1-3 s on this busy host, so calls succeed before the
+# freeze, and calls caught by it end within this.
+HANG_DEADLINE_S = 8.0
+# Health turns NOT_SERVING within one readiness period plus the check's own timeout (both
+# health_interval_s) of a hang (docs/operations.md, "Faults"); slack for loop delays here.
+HANG_SLACK_S = 2.0
+
+
+async def test_triton_frozen_during_load_fails_calls_by_their_deadline_and_resumes(
+    supervisor, tiny_model
+) -> None:
+    url, interval_s = supervisor.grpc_url, RouterConfig().health_interval_s
+    # (start, end, deadline, "OK" or "CODE: message") of every Generate
+    outcomes: list[tuple[float, float, float, str]] = []
+    stop_load = asyncio.Event()
+
+    async def generate(stub, seed: int, deadline_s: float) -> None:
+        request = router_pb2.GenerateRequest(prompt=PROMPTS[seed % len(PROMPTS)], seed=seed)
+        start_s = time.monotonic()
+        try:
+            await stub.Generate(request, timeout=deadline_s)
+            outcome = "OK"
+        except grpc.aio.AioRpcError as e:
+            outcome = f"{e.code().name}: {e.details()}"
+        outcomes.append((start_s, time.monotonic(), deadline_s, outcome))
+
+    async def load(stub, seed: int) -> None:
+        while not stop_load.is_set():
+            await generate(stub, seed, HANG_DEADLINE_S)
+
+    pid, restarts = supervisor.pid, supervisor.restarts
+    async with (
+        running_router(url, tiny_model, follow=supervisor) as (stub_a, channel_a),
+        running_router(url, tiny_model) as (stub_b, channel_b),
+    ):
+        stubs = (stub_a, stub_b)
+        tasks = [asyncio.ensure_future(load(s, i)) for i, s in enumerate(stubs * 2)]
+        try:
+            deadline = time.monotonic() + 120
+            while not any(o == "OK" for *_, o in outcomes):  # served: the stack works
+                assert time.monotonic() < deadline, outcomes
+                await asyncio.sleep(0.05)
+            stop_s = time.monotonic()
+            os.kill(pid, signal.SIGSTOP)
+            down_a = await wait_health(channel_a, NOT_SERVING, 30) - stop_s
+            down_b = await wait_health(channel_b, NOT_SERVING, 30) - stop_s
+            stop_load.set()
+            # new calls while it is frozen end by their own (shorter) deadline too, and Route
+            # goes on: its estimator runs in the router
+            await asyncio.gather(*(generate(s, 100 + i, 3.0) for i, s in enumerate(stubs)))
+            for stub in stubs:
+                routed = await stub.Route(router_pb2.RouteRequest(prompts=PROMPTS[:2]), timeout=30)
+                assert len(routed.decisions) == 2
+            await asyncio.wait_for(asyncio.gather(*tasks), HANG_DEADLINE_S + 10)
+            frozen_s = time.monotonic() - stop_s
+            # still the same process, not restarted: the freeze was shorter than the
+            # supervisor's unhealthy_after_s (else it would have been killed and restarted)
+            assert frozen_s < supervisor.unhealthy_after_s and supervisor.restarts == restarts
+            cont_s = time.monotonic()
+            os.kill(pid, signal.SIGCONT)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # never left frozen, whatever failed
+                os.kill(pid, signal.SIGCONT)
+            stop_load.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        failed = [c for c in outcomes if c[1] > stop_s and c[3] != "OK"]
+        assert [c for c in failed if c[0] < stop_s], "no call was in flight at the freeze"
+        assert [c for c in failed if c[0] > stop_s], "no call was sent during the freeze"
+        for start_s, end_s, deadline_s, outcome in failed:  # clear, by the caller's deadline
+            assert outcome.startswith(("DEADLINE_EXCEEDED", "UNAVAILABLE")), outcome
+            assert end_s - start_s < deadline_s + HANG_SLACK_S, (end_s - start_s, outcome)
+        assert down_a < 2 * interval_s + HANG_SLACK_S and down_b < 2 * interval_s + HANG_SLACK_S
+        back_a = await wait_health(channel_a, SERVING, 30) - cont_s
+        back_b = await wait_health(channel_b, SERVING, 30) - cont_s
+        print(
+            f"\nTriton SIGSTOP: {len(failed)} calls failed ("
+            + ", ".join(sorted({c[3].split(":")[0] for c in failed}))
+            + f") at most {max(c[1] - c[0] - c[2] for c in failed):+.2f} s after their "
+            f"deadline; NOT_SERVING after {down_a:.2f} s (managed) / "
+            f"{down_b:.2f} s (external); frozen {frozen_s:.1f} s; SERVING {back_a:.2f} s "
+            f"(managed) / {back_b:.2f} s (external) after SIGCONT"
+        )
+        assert back_a < RESTORE_GOAL_S and back_b < RESTORE_GOAL_S
+        for stub in stubs:  # the same routers, the same Triton, serve again
+            reply = await stub.Generate(router_pb2.GenerateRequest(prompt=PROMPTS[1]), timeout=120)
+            assert png_size(reply.png) == (32, 32)
+        assert supervisor.pid == pid and supervisor.restarts == restarts
+
+
 # ----- Triton killed during load (runs last: it waits for the restart)
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 
 from t2i_router.errors import ConfigError, TritonStartError
@@ -141,7 +143,8 @@ def test_supervisor_restarts_a_dead_server_on_its_ports_with_growing_waits(
     with supervisor:
         url = supervisor.grpc_url
         server.status = -9  # SIGKILL
-        wait_for(lambda: supervisor.restarts == 1)
+        # restarts counts before the callbacks run (in the supervisor's thread): wait for both
+        wait_for(lambda: supervisor.restarts == 1 and len(events) == 2)
         assert events == ["down: tritonserver pid 4242 exited with status -9", "up"]
         # two failed starts after the death: three failures in a row, waits 0.01, 0.02, 0.04
         assert supervisor.backoff.failures == 3 and len(server.starts) == 4
@@ -174,6 +177,62 @@ def test_supervisor_restarts_a_live_server_that_answers_no_probe(tmp_path) -> No
         wait_for(lambda: supervisor.restarts == 1)
     assert time.monotonic() - started_s >= 0.3
     assert reasons and "has not been ready for" in reasons[0]
+
+
+class HungTriton:
+    """A gRPC server on ``port`` that takes Triton's ServerReady calls and never answers them,
+    as a frozen (SIGSTOPped) tritonserver does: the connection is up, no reply comes."""
+
+    def __init__(self, port: int) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+
+        def hang(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.calls += 1
+            self.release.wait(30)
+            return b""
+
+        handler = grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService",
+            {"ServerReady": grpc.unary_unary_rpc_method_handler(hang)},
+        )
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=8), handlers=[handler])
+        assert self.server.add_insecure_port(f"127.0.0.1:{port}") == port
+
+    def __enter__(self) -> HungTriton:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.stop(0)
+
+
+def test_supervisor_restarts_a_live_server_that_hangs_within_its_bound(tmp_path) -> None:
+    """Each probe gives up after its timeout, so a server that never answers is restarted
+    ``unhealthy_after_s`` after its last answer, plus at most one probe interval."""
+    server = FakeServer(tmp_path)
+    policy = RestartPolicy(initial_delay_s=0.0)
+    probe_interval_s, unhealthy_after_s = 0.2, 0.6
+    supervisor = TritonSupervisor(
+        server,
+        policy,
+        poll_interval_s=0.01,
+        probe_interval_s=probe_interval_s,
+        unhealthy_after_s=unhealthy_after_s,
+    )
+    reasons: list[str] = []
+    supervisor.subscribe(reasons.append, lambda: None)
+    with HungTriton(server.ports.grpc) as hung:
+        started_s = time.monotonic()
+        with supervisor:
+            wait_for(lambda: bool(reasons), timeout_s=10 * unhealthy_after_s)
+            down_s = time.monotonic() - started_s
+            wait_for(lambda: supervisor.restarts == 1)
+    assert hung.calls >= 2  # the probes reached the hung server and were not answered
+    assert "has not been ready for" in reasons[0]
+    # the bound of docs/operations.md ("Faults"), with slack for a busy 2-core host
+    assert unhealthy_after_s <= down_s < unhealthy_after_s + probe_interval_s + 2.0
 
 
 def test_supervisor_stop_interrupts_a_long_backoff(tmp_path) -> None:

@@ -114,6 +114,15 @@ class MicroBatcher(Generic[T, R]):
         """Items waiting to be batched (not counting batches already running)."""
         return len(self._queue)
 
+    def queue_full(self) -> ResourceExhausted | None:
+        """The error `submit` would raise now for a full queue (quoting the limit), else None."""
+        if len(self._queue) < self.config.max_queue:
+            return None
+        return ResourceExhausted(
+            f"micro-batch queue holds {len(self._queue)} items, "
+            f"limit is max_queue={self.config.max_queue}"
+        )
+
     @property
     def running_batches(self) -> int:
         """Batches whose batch function is running now."""
@@ -143,11 +152,9 @@ class MicroBatcher(Generic[T, R]):
         """
         if self._closing:
             raise Unavailable("the micro-batcher is closed; not accepting new items")
-        if len(self._queue) >= self.config.max_queue:
-            raise ResourceExhausted(
-                f"micro-batch queue holds {len(self._queue)} items, "
-                f"limit is max_queue={self.config.max_queue}"
-            )
+        full = self.queue_full()
+        if full is not None:
+            raise full
         await self.start()
         loop = asyncio.get_running_loop()
         pending: _Pending[T, R] = _Pending(item, loop.create_future(), loop.time())

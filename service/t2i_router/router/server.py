@@ -7,8 +7,9 @@
   model cards, equal weights on the alignment metrics, the budget controller).
 - `create_server(config, router) -> (server, port)`: a grpc.aio server with the Router service,
   grpc.health.v1 (NOT_SERVING until told otherwise) and server reflection, bound but not started;
-  TLS (mTLS) when configured, the bearer-token and per-client guards as interceptors
-  (`router.security`, `router.guard`), and an explicit message size limit.
+  TLS (mTLS) when configured, the bearer-token, full-queue and per-client guards as
+  interceptors (`router.security`, `router.overload`, `router.guard`), an explicit message size
+  limit, and grpc's pending-call limits raised with the queue bound (`router.overload`).
 - `RouterService`: starts it all, warm-starts lambda, watches readiness (health SERVING while
   the estimator and the edge engine are ready, NOT_SERVING when they go away), writes a changed
   budget state at every check (`BudgetController.flush_due`) and stops gracefully: health
@@ -41,6 +42,7 @@ from t2i_router.router.core import Router
 from t2i_router.router.estimator import Estimator
 from t2i_router.router.guard import ClientLimiter, GuardInterceptor
 from t2i_router.router.metrics import RouterMetrics, serve_metrics
+from t2i_router.router.overload import QueueGate, server_options
 from t2i_router.router.policy import Choice, Policy, PolicyConfig
 from t2i_router.router.security import AuthInterceptor, is_loopback, server_credentials
 from t2i_router.router.servicer import RouterServicer
@@ -193,11 +195,12 @@ def create_server(
         else None
     )
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(config.tokens()), GuardInterceptor(limiter)],
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
+        interceptors=[
+            AuthInterceptor(config.tokens()),
+            QueueGate(router.batcher, metrics),
+            GuardInterceptor(limiter),
         ],
+        options=server_options(router.batcher.config.max_queue, config.max_message_bytes),
     )
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router, metrics), server)
     health_servicer = health_servicer or health.aio.HealthServicer()
