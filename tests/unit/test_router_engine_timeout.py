@@ -1,22 +1,31 @@
-"""The router's own limit on an engine call (`engine_timeout_s`): its setting and the
-arithmetic with the caller's deadline (fake engine client)."""
+"""The router's own limit on an engine call (`engine_timeout_s`): its setting, the arithmetic
+with the caller's deadline (fake engine client), and a real grpc.aio router whose Triton takes
+the inference call and never answers (`hung_triton.HungTriton`): a Generate sent without a
+deadline ends UNAVAILABLE at the limit, uncounted, its slot freed and the call cancelled at
+Triton."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
 from pathlib import Path
 
+import grpc
 import pytest
+from hung_triton import HungTriton
 from router_fakes import FakeEngines, make_router
 
 from t2i_router.cli import build_parser
 from t2i_router.errors import ConfigError, DeadlineExceeded, Unavailable
 from t2i_router.router.config import RouterConfig
 from t2i_router.router.core import DEFAULT_ENGINE_TIMEOUT_S, engine_call_s
+from t2i_router.router.server import RouterService
 from t2i_router.router.types import GenerateItem
+from t2i_router.triton import TritonClient
 from t2i_router.world import sample_prompts
+from t2i_router_client import router_pb2, router_pb2_grpc
 
 PROMPT = "a red circle"
 PROMPTS = [text for text, _ in sample_prompts(24, seed=11)]
@@ -132,6 +141,53 @@ async def test_an_auto_call_whose_cloud_does_not_answer_falls_back_to_the_edge()
     assert result.decision.choice.engine == "edge_small"
     snapshot = router.budget_snapshot()
     assert snapshot.decisions == 0 and snapshot.uncounted_decisions == 1
+
+
+# ----- a real router in front of a Triton that never answers
+
+
+async def test_generate_without_a_deadline_against_a_hung_triton_ends_at_the_limit() -> None:
+    limit_s = 0.5
+    with HungTriton(models_ready=True) as hung:
+        async with TritonClient(hung.url) as client:
+            router = make_router(engines=client, engine_timeout_s=limit_s)
+            service = RouterService(RouterConfig(port=0, warm_start_prompts=0, grace_s=1), router)
+            await service.start()
+            try:
+                assert await service.wait_serving(10)  # Triton answers readiness, not inference
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+                    stub = router_pb2_grpc.RouterStub(channel)
+                    request = router_pb2.GenerateRequest(
+                        prompt=PROMPT, target=router_pb2.TARGET_EDGE
+                    )
+                    started_s = time.monotonic()
+                    with pytest.raises(grpc.aio.AioRpcError) as raised:
+                        await stub.Generate(request)  # no deadline
+                    waited_s = time.monotonic() - started_s
+                    # the router still serves: Route needs no engine (dry run: not counted)
+                    routed = await stub.Route(
+                        router_pb2.RouteRequest(prompts=[PROMPT], dry_run=True), timeout=10
+                    )
+                    assert len(routed.decisions) == 1
+                error = raised.value
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                assert f"edge_small did not answer within engine_timeout_s={limit_s:g} s" in (
+                    error.details()
+                )
+                assert limit_s <= waited_s < limit_s + SLACK_S
+                assert hung.calls["ModelInfer"] == 1  # Triton had it, and it was cancelled there
+                await until(lambda: hung.cancelled == 1)
+                assert service.limiter.in_flight() == 0  # the client's slot is free
+                assert router.budget_snapshot().decisions == 0  # a failed call is not counted
+            finally:
+                await service.stop()
+
+
+async def until(condition, timeout_s: float = 5.0) -> None:
+    deadline_s = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline_s, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 def test_the_default_is_far_above_a_cloud_image_under_load() -> None:
