@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
 from t2i_router.errors import (
     DeadlineExceeded,
@@ -32,6 +33,7 @@ from t2i_router.triton import (
     connect,
 )
 from t2i_router.triton import server as server_module
+from t2i_router.triton.channel import server_keepalive_flags
 from t2i_router.triton.server import (
     is_process_alive,
     process_group_members,
@@ -135,6 +137,59 @@ async def test_generate_round_trip_fills_image_from_inputs(triton: ManagedTriton
     np.testing.assert_array_equal(plain[1], _expected_image(300))
     np.testing.assert_array_equal(tuned[0], _expected_image(1, steps=4, guidance=2.5))
     np.testing.assert_array_equal(tuned[1], _expected_image(2, steps=20, guidance=2.5))
+
+
+# Triton's own defaults (``tritonserver --help``): no ping without a call, none closer than 5 min
+# while it sends nothing; the third such ping gets a GOAWAY.
+TRITON_PING_DEFAULTS = (
+    "--grpc-keepalive-permit-without-calls=0",
+    "--grpc-http2-min-recv-ping-interval-without-data=300000",
+)
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["our-flags", "triton-defaults"])
+async def test_triton_keeps_a_pinging_connection_only_with_our_flags(
+    own_repo: Path, tmp_path: Path, ours: bool
+) -> None:
+    """Triton started with `server_keepalive_flags` takes the client's keepalive pings while
+    it is idle, without a GOAWAY; with Triton's defaults the same client, pinging every second,
+    is cut off (``too_many_pings``) and its channel leaves READY. Either way a call after that
+    is served (the channel reconnects)."""
+    fast = grpcclient.KeepAliveOptions(
+        keepalive_time_ms=1000,
+        keepalive_timeout_ms=1000,
+        keepalive_permit_without_calls=True,
+        http2_max_pings_without_data=0,
+    )
+    flags = tuple(server_keepalive_flags(fast)) if ours else TRITON_PING_DEFAULTS
+    config = TritonServerConfig(
+        own_repo,
+        log_path=tmp_path / "tritonserver.log",
+        extra_args=flags,  # last: they win
+    )
+    with ManagedTritonServer(config) as server:
+        async with TritonClient(server.grpc_url, keepalive=fast) as client:
+            assert await client.is_server_ready(timeout_s=10)
+            channel = client._client._channel  # the test's one look inside tritonclient
+            states = [channel.get_state()]
+
+            async def watch() -> None:
+                while True:
+                    await channel.wait_for_state_change(states[-1])
+                    states.append(channel.get_state())
+
+            watcher = asyncio.ensure_future(watch())
+            try:
+                await asyncio.sleep(6.0)  # idle: about 6 pings
+                images = await client.generate(MODEL, ["a red circle"], [7])
+            finally:
+                watcher.cancel()
+    names = [s.name for s in states]
+    if ours:
+        assert names == ["READY"], names  # never dropped, never reconnected
+    else:
+        assert names[:2] == ["READY", "IDLE"], names  # the GOAWAY closed the connection
+    np.testing.assert_array_equal(images[0], _expected_image(7))
 
 
 async def test_concurrent_requests_are_merged_into_fewer_executions(

@@ -18,7 +18,7 @@ from t2i_router.errors import RouterError
 from t2i_router.router.batching import BatcherConfig
 from t2i_router.router.budget import BudgetConfig, BudgetController
 from t2i_router.router.budget_store import BudgetStore
-from t2i_router.router.core import Router
+from t2i_router.router.core import DEFAULT_ENGINE_TIMEOUT_S, Router
 from t2i_router.router.estimator import InProcessEstimator
 from t2i_router.router.policy import Choice, Policy, PolicyConfig
 
@@ -67,6 +67,7 @@ class FakeEngines:
         self.fail_prompts: dict[str, RouterError] = {}  # prompt -> error raised
         self.ready = {"edge_small": True, "cloud_large": True}
         self.delay_s = 0.0
+        self.delays_s: dict[str, float] = {}  # engine -> its own delay, over delay_s
         self.cancelled = 0  # calls cancelled while they slept (deadline or caller gone)
 
     async def generate(self, model, prompts, seeds, steps=None, guidance=None, timeout_s=None):
@@ -74,9 +75,10 @@ class FakeEngines:
             dict(model=model, prompts=list(prompts), seeds=list(seeds), steps=steps,
                  guidance=guidance, timeout_s=timeout_s)
         )  # fmt: skip
-        if self.delay_s:
+        delay_s = self.delays_s.get(model, self.delay_s)
+        if delay_s:
             try:
-                await asyncio.sleep(self.delay_s)
+                await asyncio.sleep(delay_s)
             except asyncio.CancelledError:
                 self.cancelled += 1
                 raise
@@ -110,6 +112,7 @@ def make_router(
     target_rate: float = 0.3,
     eta: float = 0.01,
     store: BudgetStore | None = None,
+    engine_timeout_s: float = DEFAULT_ENGINE_TIMEOUT_S,
     **batcher: float,
 ) -> Router:
     policy = make_policy()
@@ -129,4 +132,5 @@ def make_router(
         budget,
         engines or FakeEngines(),
         BatcherConfig(**{"max_batch_size": 8, "max_delay_s": 0.005, **batcher}),
+        engine_timeout_s=engine_timeout_s,
     )

@@ -17,6 +17,7 @@ import yaml
 from t2i_router.cli import build_parser
 from t2i_router.router.config import ENV_PREFIX, RouterConfig
 from t2i_router.router.types import Limits
+from t2i_router.triton.channel import server_keepalive_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -122,6 +123,8 @@ def test_the_router_reaches_triton_where_triton_serves() -> None:
     assert grpc_port["port"] == int(port)
     (server,) = pod("Deployment", "triton")["containers"]
     assert f"--grpc-port={ports(server)['grpc']}" in server["args"]
+    # Triton accepts the router's keepalive pings instead of cutting it off (too_many_pings)
+    assert set(server_keepalive_flags()) <= set(server["args"])
 
 
 def test_triton_builds_the_tensorrt_repository_it_serves() -> None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
+from hung_triton import HungTriton
 
 from t2i_router.errors import ConfigError, TritonStartError
 from t2i_router.triton import RestartPolicy, TritonPorts, TritonServerConfig, TritonSupervisor
@@ -179,35 +178,6 @@ def test_supervisor_restarts_a_live_server_that_answers_no_probe(tmp_path) -> No
     assert reasons and "has not been ready for" in reasons[0]
 
 
-class HungTriton:
-    """A gRPC server on ``port`` that takes Triton's ServerReady calls and never answers them,
-    as a frozen (SIGSTOPped) tritonserver does: the connection is up, no reply comes."""
-
-    def __init__(self, port: int) -> None:
-        self.calls = 0
-        self.release = threading.Event()
-
-        def hang(request: bytes, context: grpc.ServicerContext) -> bytes:
-            self.calls += 1
-            self.release.wait(30)
-            return b""
-
-        handler = grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService",
-            {"ServerReady": grpc.unary_unary_rpc_method_handler(hang)},
-        )
-        self.server = grpc.server(ThreadPoolExecutor(max_workers=8), handlers=[handler])
-        assert self.server.add_insecure_port(f"127.0.0.1:{port}") == port
-
-    def __enter__(self) -> HungTriton:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.server.stop(0)
-
-
 def test_supervisor_restarts_a_live_server_that_hangs_within_its_bound(tmp_path) -> None:
     """Each probe gives up after its timeout, so a server that never answers is restarted
     ``unhealthy_after_s`` after its last answer, plus at most one probe interval."""
@@ -229,7 +199,7 @@ def test_supervisor_restarts_a_live_server_that_hangs_within_its_bound(tmp_path)
             wait_for(lambda: bool(reasons), timeout_s=10 * unhealthy_after_s)
             down_s = time.monotonic() - started_s
             wait_for(lambda: supervisor.restarts == 1)
-    assert hung.calls >= 2  # the probes reached the hung server and were not answered
+    assert hung.calls["ServerReady"] >= 2  # the probes reached the hung server, unanswered
     assert "has not been ready for" in reasons[0]
     # the bound of docs/operations.md ("Faults"), with slack for a busy 2-core host
     assert unhealthy_after_s <= down_s < unhealthy_after_s + probe_interval_s + 2.0

@@ -92,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         estimator_dir=args.estimator,
         estimator_runtime=args.estimator_runtime,
         target_rate=args.target_rate,
+        engine_timeout_s=args.engine_timeout_s,
     )
     config.tokens()  # a missing or empty token file stops here, before Triton starts
     signal.signal(signal.SIGTERM, _interrupt)  # until the event loop takes over
@@ -331,6 +332,7 @@ def add_router_parser(sub: argparse._SubParsersAction) -> None:
         "(the repository's quality_estimator model)",
     )
     p.add_argument("--target-rate", type=unit_interval, help="initial target cloud rate")
+    p.add_argument("--engine-timeout-s", type=positive_float, help="longest engine call (60)")
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="(json)")
     p.set_defaults(func=cmd_serve)
 

@@ -9,6 +9,7 @@ files only by `RouterConfig.tokens`, so neither a log line nor a traceback shows
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from t2i_router.errors import ConfigError, InvalidRequest
 from t2i_router.router.batching import BatcherConfig
+from t2i_router.router.core import DEFAULT_ENGINE_TIMEOUT_S
 from t2i_router.router.estimator import DEFAULT_ESTIMATOR_DIR
 from t2i_router.router.security import Tokens, check_exposure, read_token
 from t2i_router.router.types import Limits
@@ -64,6 +66,10 @@ class RouterConfig:
         metrics_port: Prometheus port; None serves no metrics, 0 a free port.
         metrics_host: Address of the metrics port (loopback by default; the page has no auth).
         grace_s: How long shutdown waits for in-flight calls.
+        engine_timeout_s: The longest one engine call (an image from Triton) may take when the
+            caller's deadline is later or not set; a call it ends answers UNAVAILABLE, is not
+            counted, and frees its slot. A hung Triton then costs a caller without a deadline
+            at most this long (twice for an AUTO call that falls back from the cloud).
         target_rate: Initial target cloud rate (a restored state wins).
         eta: Step size of the budget controller.
         lambda_max: Upper clip of lambda.
@@ -111,6 +117,7 @@ class RouterConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     grace_s: float = 10.0
+    engine_timeout_s: float = DEFAULT_ENGINE_TIMEOUT_S
     target_rate: float = 0.3
     eta: float = 5e-4
     lambda_max: float = 1.0
@@ -136,6 +143,11 @@ class RouterConfig:
             raise InvalidRequest(
                 f"grace_s {self.grace_s} must be >= 0 and health_interval_s "
                 f"{self.health_interval_s} > 0"
+            )
+        if not (math.isfinite(self.engine_timeout_s) and self.engine_timeout_s > 0):
+            raise ConfigError(
+                f"engine_timeout_s is {self.engine_timeout_s}, must be a finite number of "
+                f"seconds > 0 ({ENV_PREFIX}ENGINE_TIMEOUT_S, --engine-timeout-s)"
             )
         if not self.state_flush_interval_s >= 0:
             raise InvalidRequest(

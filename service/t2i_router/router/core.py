@@ -12,8 +12,11 @@ is tested with a tiny estimator and a fake engine client. One request flows as:
    the same lambda) unless ``dry_run``; a Generate decision counts once its image is delivered,
    so a failed or cancelled request never moves lambda. Forced targets and fallbacks are tallied
    as uncounted;
-4. generate on the chosen engine with the caller's remaining deadline; if the cloud engine is
-   unavailable for an AUTO decision, the edge default serves it (``fallback``, not counted).
+4. generate on the chosen engine within the caller's remaining deadline or ``engine_timeout_s``,
+   whichever is shorter (`engine_call_s`): the caller's deadline passing is DEADLINE_EXCEEDED,
+   the router's own limit passing is Unavailable (the engine does not answer); if the cloud
+   engine is unavailable for an AUTO decision, the edge default serves it (``fallback``, not
+   counted).
 
 Engine errors fail their own request only. Times are reported per stage (`Timings`).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,7 +35,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from t2i_router.errors import DeadlineExceeded, InvalidRequest, ModelError, RouterError, Unavailable
+from t2i_router.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelError,
+    RouterError,
+    Unavailable,
+)
 from t2i_router.router.batching import BatcherConfig, MicroBatcher
 from t2i_router.router.budget import BudgetController, BudgetSnapshot
 from t2i_router.router.calibration import BudgetCalibration, OutcomeWindow, calibrate_budget
@@ -49,9 +60,14 @@ from t2i_router.router.types import (
     Timings,
 )
 
-__all__ = ["Router"]
+__all__ = ["DEFAULT_ENGINE_TIMEOUT_S", "Router", "engine_call_s"]
 
 log = logging.getLogger(__name__)
+
+#: The longest an engine call may take when the caller's deadline is later or not set: well above
+#: a cloud image under load on a 2-core host (p99 18-26 s at 32 concurrent calls,
+#: benchmarks/results/triton_load.json), far below "forever" for a Triton that hangs.
+DEFAULT_ENGINE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,8 @@ class Router:
         metrics: Receives stage times and batch sizes; None reports nothing.
         count_tokens: Counts a prompt's tokens for ``limits.max_prompt_tokens``
             (`router.tokens.MiniLMTokenCounter`); None skips the token limit.
+        engine_timeout_s: The longest one engine call may take when the caller's deadline is
+            later or not set (`engine_call_s`); then it ends Unavailable and is not counted.
     """
 
     def __init__(
@@ -87,7 +105,12 @@ class Router:
         limits: Limits | None = None,
         metrics: RouterMetricsSink | None = None,
         count_tokens: Callable[[str], int] | None = None,
+        engine_timeout_s: float = DEFAULT_ENGINE_TIMEOUT_S,
     ) -> None:
+        if not (math.isfinite(engine_timeout_s) and engine_timeout_s > 0):
+            raise ConfigError(
+                f"engine_timeout_s is {engine_timeout_s}, must be a finite number of seconds > 0"
+            )
         names = tuple(c.name for c in policy.config.choices)
         if tuple(estimator.choices) != names:
             raise ModelError(f"estimator choices {estimator.choices} differ from policy's {names}")
@@ -106,6 +129,7 @@ class Router:
         self.limits = limits or Limits()
         self.metrics = metrics
         self.count_tokens = count_tokens
+        self.engine_timeout_s = engine_timeout_s
         on_batch = metrics.batch if metrics is not None else None
         self.batcher: MicroBatcher[_Queued, RouteDecision] = MicroBatcher(
             self._decide_batch, batcher, on_batch=on_batch
@@ -314,19 +338,30 @@ class Router:
         remaining_s = None if deadline_s is None else deadline_s - time.monotonic()
         if remaining_s is not None and remaining_s <= 0:
             raise DeadlineExceeded(f"the deadline passed before {engine} was called")
+        call_s, by_router = engine_call_s(remaining_s, self.engine_timeout_s)
+        started_s = time.monotonic()
         call = self.engines.generate(
             engine,
             [item.prompt],
             [item.seed],
             steps=steps,
             guidance=item.guidance,
-            timeout_s=remaining_s,
+            timeout_s=call_s,
         )
-        # The engine client is told the deadline too; wait_for makes sure the call is
-        # cancelled here when it passes, whatever the client does with it.
+        # The engine client is told the limit too; wait_for makes sure the call is cancelled
+        # here when it passes, whatever the client does with it. Whichever of the two fires
+        # first, the caller sees DEADLINE_EXCEEDED only when its own deadline passed.
         try:
-            images = await asyncio.wait_for(call, remaining_s)
-        except TimeoutError as e:
+            images = await asyncio.wait_for(call, call_s)
+        except (TimeoutError, DeadlineExceeded) as e:
+            if by_router:
+                raise Unavailable(
+                    f"{engine} did not answer within engine_timeout_s={self.engine_timeout_s:g} s "
+                    f"(waited {time.monotonic() - started_s:.1f} s; the caller's deadline is "
+                    f"{'not set' if remaining_s is None else 'later'})"
+                ) from e
+            if isinstance(e, DeadlineExceeded):
+                raise
             raise DeadlineExceeded(f"the deadline passed while {engine} was generating") from e
         return images[0]
 
@@ -426,6 +461,16 @@ class Router:
     def _report(self, stage: str, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.stage(stage, seconds)
+
+
+def engine_call_s(remaining_s: float | None, engine_timeout_s: float) -> tuple[float, bool]:
+    """How long an engine call may take: the caller's remaining deadline or the router's own
+    ``engine_timeout_s``, whichever is shorter; and True when the router's limit is the shorter
+    (or the caller sent no deadline), so that its passing is the engine's fault, not the
+    caller's."""
+    if remaining_s is None or engine_timeout_s < remaining_s:
+        return engine_timeout_s, True
+    return remaining_s, False
 
 
 def _deadline(timeout_s: float | None) -> float | None:

@@ -137,7 +137,15 @@ def build_router(
     )
     counter = MiniLMTokenCounter() if config.limits.max_prompt_tokens > 0 else None
     return Router(
-        estimator, policy, budget, engines, config.batcher, config.limits, metrics, counter
+        estimator,
+        policy,
+        budget,
+        engines,
+        config.batcher,
+        config.limits,
+        metrics,
+        counter,
+        engine_timeout_s=config.engine_timeout_s,
     )
 
 

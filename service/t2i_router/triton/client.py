@@ -9,7 +9,8 @@ The engine contract (edge_small, cloud_large, and the test model echo_image), ba
     IMAGE     UINT8  [B, H, W, 3]  output (32x32 in the miniature world)
 
 Errors from tritonclient are translated where they enter, by their gRPC status code (never by
-message text): see `translate_error`.
+message text): see `translate_error`. The channel pings Triton to find one that stopped
+answering (`triton.channel`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from t2i_router.errors import (
     RouterError,
     Unavailable,
 )
+from t2i_router.triton.channel import channel_args, default_keepalive
 
 __all__ = ["ModelState", "ModelStatistics", "TritonClient", "translate_error"]
 
@@ -162,18 +164,19 @@ class TritonClient:
         grpc_url: ``host:port`` of Triton's gRPC service.
         max_reconnect_backoff_ms: Upper bound on gRPC's wait between reconnection attempts, so
             that a restarted Triton is noticed within about this long (gRPC's default is 120 s).
+        keepalive: The channel's pings; None: `channel.default_keepalive`.
     """
 
-    def __init__(self, grpc_url: str, max_reconnect_backoff_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        grpc_url: str,
+        max_reconnect_backoff_ms: int = 1000,
+        keepalive: grpcclient.KeepAliveOptions | None = None,
+    ) -> None:
         self.grpc_url = grpc_url
+        self.keepalive = keepalive or default_keepalive()
         self._client = aio_grpcclient.InferenceServerClient(
-            grpc_url,
-            channel_args=[
-                ("grpc.max_send_message_length", _INT32_MAX),
-                ("grpc.max_receive_message_length", _INT32_MAX),
-                ("grpc.initial_reconnect_backoff_ms", min(1000, max_reconnect_backoff_ms)),
-                ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
-            ],
+            grpc_url, channel_args=channel_args(max_reconnect_backoff_ms, self.keepalive)
         )
 
     async def generate(

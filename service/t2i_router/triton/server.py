@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from t2i_router.errors import PortInUseError, TritonStartError, Unavailable
+from t2i_router.triton.channel import server_keepalive_flags
 from t2i_router.triton.launch.config import TritonPorts, TritonServerConfig, default_cache_dir
 from t2i_router.triton.launch.environment import prepare_tritonserver, triton_environment
 from t2i_router.triton.launch.logs import LOG_TAIL_LINES, port_in_use, read_log_tail
@@ -304,6 +305,7 @@ class ManagedTritonServer:
             "--exit-on-error=true",
             "--strict-readiness=true",
             f"--log-verbose={cfg.log_verbose}",
+            *server_keepalive_flags(),  # accept the pings of the router's TritonClient
         ]
         if ports.metrics is not None:
             command += [f"--metrics-address={cfg.host}", f"--metrics-port={ports.metrics}"]
