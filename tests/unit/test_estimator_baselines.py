@@ -243,9 +243,15 @@ def test_evaluate_command_writes_json_markdown_and_plots(
 ):
     monkeypatch.setattr(evaluate_module, "EmbeddingCache", lambda: cache)  # MiniLM loaded once
     out = tmp_path / "eval"
+    # the engines' cards (choice costs) without the committed estimator, which the command
+    # would otherwise add as "moe"
+    models = tmp_path / "models"
+    for engine in ("edge_small", "cloud_large"):
+        (models / engine).mkdir(parents=True)
+        shutil.copy(REPO / "models" / engine / "model_card.json", models / engine)
     methods = "random,length,level,knn,mlp,cems,oracle"
     argv = ["estimator", "evaluate", "--labels", str(label_dir), "--out", str(out)]
-    argv += ["--methods", methods, "--n-boot", "50", "--models-dir", str(REPO / "models")]
+    argv += ["--methods", methods, "--n-boot", "50", "--models-dir", str(models)]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["apgr"]["knn"] > 0.7
     payload = json.loads((out / "evaluation.json").read_text())
