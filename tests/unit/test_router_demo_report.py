@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from t2i_router.router.demo import DemoConfig, calibration_prompts, demo_prompts
+from t2i_router.router.demo import DemoConfig, calibration_prompts, demo_prompts, mix_label
 from t2i_router.router.demo_report import (
     DemoRecord,
     baseline_sample,
@@ -87,7 +87,7 @@ def test_latency_percentiles_per_stage_and_engine_and_figures_are_written(tmp_pa
 
 
 def test_prompts_shift_halfway_and_the_baseline_sample_spans_both_phases():
-    config = DemoConfig(prompts=20)
+    config = DemoConfig(prompts=20, before=("single", "group"), after=("pair", "relation"))
     prompts = demo_prompts(config)
     assert [phase for _, phase in prompts] == ["before"] * 10 + ["after"] * 10
     levels = [parse_prompt(p).complexity for p, _ in prompts]
@@ -99,7 +99,7 @@ def test_prompts_shift_halfway_and_the_baseline_sample_spans_both_phases():
 
 
 def test_calibration_prompts_are_the_starting_mix_but_not_the_streams_prompts():
-    config = DemoConfig(prompts=40, calibration_prompts=30)
+    config = DemoConfig(prompts=40, calibration_prompts=30, before=("single", "group"))
     prompts = calibration_prompts(config)
     assert len(prompts) == 30
     assert {parse_prompt(p).complexity for p in prompts} == {"single", "group"}
@@ -107,3 +107,14 @@ def test_calibration_prompts_are_the_starting_mix_but_not_the_streams_prompts():
     assert len(stream & set(prompts)) < 5  # other seeds: at most chance repeats of short prompts
     with pytest.raises(Exception, match="calibration_prompts is 0"):
         DemoConfig(calibration_prompts=0)
+
+
+def test_the_default_mix_goes_from_a_third_to_two_thirds_compositional():
+    config = DemoConfig(prompts=60)
+    levels = [parse_prompt(p).complexity for p, _ in demo_prompts(config)]
+    complex_share = [np.mean([lv in ("pair", "relation") for lv in half]) for half in
+                     (levels[:30], levels[30:])]  # fmt: skip
+    assert complex_share == pytest.approx([1 / 3, 2 / 3])
+    assert mix_label(config.before) == "single:group:pair:relation 2:2:1:1"
+    with pytest.raises(Exception, match=r"after is \['pairs'\]: levels must be some of"):
+        DemoConfig(after=("pairs",))

@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: every router subcommand and its flags in one place.
 """``t2i-router serve | demo | generate | route | budget``: the router, its demo and its clients.
 
 ``serve`` loads the trained estimator (``--estimator``, default models/quality_estimator; it
@@ -174,6 +175,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "out_dir": args.out,
         "estimator_dir": args.estimator,
         "triton_repo": args.triton_repo,
+        "before": args.before and tuple(args.before.split(",")),
+        "after": args.after and tuple(args.after.split(",")),
     }
     config = DemoConfig(
         **{k: v for k, v in given.items() if v is not None},
@@ -353,6 +356,9 @@ def add_router_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, help="output folder (docs/demo)")
     p.add_argument("--triton-repo", type=Path, help="repository of the managed Triton")
+    for phase, default in (("before", "single,group,single,group,pair,relation"),
+                           ("after", "pair,relation,pair,relation,single,group")):  # fmt: skip
+        p.add_argument(f"--{phase}", help=f"levels {phase} the shift, round robin ({default})")
     p.set_defaults(func=cmd_demo)
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:

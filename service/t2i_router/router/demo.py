@@ -15,7 +15,8 @@ It starts the whole stack in this process tree: a managed tritonserver serving t
    ``prompts / 8`` decisions (the rule of `budget.eta_for_recovery`, at the measured slope of
    the share around lambda*);
 2. sends ``--prompts`` sampled prompts through Generate, ``--concurrency`` in flight, whose mix
-   shifts halfway: single/group prompts first, pair/relation prompts after
+   shifts halfway (``--before``/``--after``: by default a third pair/relation prompts first,
+   two thirds after)
    (`world.sample_prompts(complexity=...)`), each with its own seed;
 3. generates the baselines for the same prompts and seeds straight from Triton (on
    ``--baseline-prompts`` of them, evenly spaced, 64 by default; 0: all): all-edge (the edge
@@ -41,6 +42,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,13 @@ from t2i_router.router.demo_report import (
     rate_summary,
 )
 from t2i_router.router.estimator import DEFAULT_ESTIMATOR_DIR
-from t2i_router.world import mean_alignment, parse_prompt, sample_prompts, score_images
+from t2i_router.world import (
+    COMPLEXITY_LEVELS,
+    mean_alignment,
+    parse_prompt,
+    sample_prompts,
+    score_images,
+)
 
 __all__ = ["DemoConfig", "calibration_prompts", "demo_prompts", "run_demo"]
 
@@ -101,8 +109,10 @@ class DemoConfig:
     target_rate: float = 0.3
     concurrency: int = 8
     seed: int = 0
-    before: tuple[str, ...] = ("single", "group")
-    after: tuple[str, ...] = ("pair", "relation")
+    # a third of the traffic compositional, then two thirds: lambda* moves 0.1-0.2 (a pure
+    # single/group -> pair/relation shift moves it 25x and the dual steps take ~200 decisions)
+    before: tuple[str, ...] = ("single", "group", "single", "group", "pair", "relation")
+    after: tuple[str, ...] = ("pair", "relation", "pair", "relation", "single", "group")
     recovery_decisions: float | None = None
     max_eta: float = 0.05
     calibration_prompts: int = 256
@@ -128,6 +138,11 @@ class DemoConfig:
                 f"concurrency {self.concurrency} and baseline_batch {self.baseline_batch} "
                 "must be >= 1"
             )
+        for name, levels in (("before", self.before), ("after", self.after)):
+            if not levels or set(levels) - set(COMPLEXITY_LEVELS):
+                raise InvalidRequest(
+                    f"{name} is {list(levels)}: levels must be some of {list(COMPLEXITY_LEVELS)}"
+                )
         if self.calibration_prompts < 1:
             raise InvalidRequest(f"calibration_prompts is {self.calibration_prompts}, must be >= 1")
         if not 0 <= self.warmup_fraction < 1:
@@ -156,6 +171,12 @@ def demo_prompts(config: DemoConfig) -> list[tuple[str, str]]:
         ]
         out.extend((per_level[i % len(levels)][i // len(levels)][0], phase) for i in range(n))
     return out
+
+
+def mix_label(levels: Sequence[str]) -> str:
+    """``single:group:pair:relation 2:2:1:1`` for a round-robin list of levels."""
+    counts = ":".join(str(levels.count(c)) for c in COMPLEXITY_LEVELS)
+    return f"{':'.join(COMPLEXITY_LEVELS)} {counts}"
 
 
 def calibration_prompts(config: DemoConfig) -> list[str]:
@@ -377,7 +398,9 @@ def _report(
     plot_rate_lambda(
         records,
         config.target_rate,
-        f"t2i-router demo: {len(records)} prompts, single/group -> pair/relation halfway; {label}",
+        f"t2i-router demo: {len(records)} prompts, {mix_label(config.before)} -> "
+        f"{mix_label(config.after).split()[1]} halfway; estimator "
+        f"{estimator['weights_sha256'][:8]}",
         out / "rate_lambda.png",
         config.rolling_window,
     )
