@@ -158,6 +158,16 @@ class DemoConfig:
         return max(1, round(2 * self.tau_decisions))
 
 
+def _round_robin(levels: Sequence[str], n: int, first_seed: int) -> list[str]:
+    """``n`` sampled prompts cycling through ``levels``; level k's are drawn with seed
+    ``first_seed + k``."""
+    per_level = [
+        sample_prompts(-(-n // len(levels)), seed=first_seed + k, complexity=c)
+        for k, c in enumerate(levels)
+    ]
+    return [per_level[i % len(levels)][i // len(levels)][0] for i in range(n)]
+
+
 def demo_prompts(config: DemoConfig) -> list[tuple[str, str]]:
     """(prompt, phase) pairs: ``before`` levels for the first half, ``after`` levels after."""
     half = config.prompts // 2
@@ -165,11 +175,7 @@ def demo_prompts(config: DemoConfig) -> list[tuple[str, str]]:
     for p, (phase, levels, n) in enumerate(
         (("before", config.before, half), ("after", config.after, config.prompts - half))
     ):
-        per_level = [
-            sample_prompts(-(-n // len(levels)), seed=config.seed * 100 + 10 * p + k, complexity=c)
-            for k, c in enumerate(levels)
-        ]
-        out.extend((per_level[i % len(levels)][i // len(levels)][0], phase) for i in range(n))
+        out.extend((text, phase) for text in _round_robin(levels, n, config.seed * 100 + 10 * p))
     return out
 
 
@@ -182,13 +188,7 @@ def mix_label(levels: Sequence[str]) -> str:
 def calibration_prompts(config: DemoConfig) -> list[str]:
     """``calibration_prompts`` prompts of the ``before`` levels, drawn with seeds the stream's
     prompts (`demo_prompts`) do not use."""
-    levels = config.before
-    per_level = [
-        sample_prompts(-(-config.calibration_prompts // len(levels)), seed=seed, complexity=c)
-        for c, seed in zip(levels, range(config.seed * 100 + 50, config.seed * 100 + 100))
-    ]
-    n = config.calibration_prompts
-    return [per_level[i % len(levels)][i // len(levels)][0] for i in range(n)]
+    return _round_robin(config.before, config.calibration_prompts, config.seed * 100 + 50)
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:

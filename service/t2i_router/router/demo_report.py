@@ -141,8 +141,8 @@ def _lambda_at_shift(records: Sequence[DemoRecord]) -> float:
 def _lambda_recovery(records: Sequence[DemoRecord]) -> int | None:
     """Counted decisions (sending order) from the shift until lambda first covers 90% of the
     way from its value at the shift to its last value; None without a shift or a move."""
-    lam = [r.multiplier for r in sorted(records, key=lambda r: r.index) if r.counted]
-    phases = [r.phase for r in sorted(records, key=lambda r: r.index) if r.counted]
+    counted = sorted((r for r in records if r.counted), key=lambda r: r.index)
+    lam, phases = [r.multiplier for r in counted], [r.phase for r in counted]
     if "after" not in phases:
         return None
     start = phases.index("after")
