@@ -18,9 +18,11 @@ Writes ``budget_control.json`` (settings, measurements, goals and whether each i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -35,10 +37,13 @@ from t2i_router.router.budget import (
     BudgetController,
     eta_for_recovery,
 )
+from t2i_router.router.calibration import OutcomeWindow, calibrate_budget, solve_multiplier
+from t2i_router.world import sample_prompts
 
 log = logging.getLogger("budget_control")
 ROOT = Path(__file__).resolve().parents[1]
 SIMPLE, RELATION_HEAVY = 0.1, 0.9
+BEFORE, AFTER = ("single", "group"), ("pair", "relation")  # the large shift's levels
 
 GOALS = {
     "rate_error_at_1000": 0.015,
@@ -47,18 +52,21 @@ GOALS = {
     "quality_gap_vs_hindsight_stationary": 0.005,
     "adversarial_worst_over_bound": 1.0,
     "burst_rate_error": 0.015,
+    "recovery_in_tau_large_shift": 2.5,
 }
+TRACK: dict[str, int] = {}  # track_every and track_window of every controller (`main` sets)
 
 
 def _controller(rate: float, eta: float, rng: np.random.Generator, **kw) -> BudgetController:
-    c = BudgetController(BudgetConfig(target_rate=rate, eta=eta, lambda_max=1.0, **kw))
+    c = BudgetController(BudgetConfig(target_rate=rate, eta=eta, lambda_max=1.0, **TRACK, **kw))
     c.warm_start(sim.sample_stream(rng, 1000, SIMPLE).scores)
     return c
 
 
 def _adversarial(rate: float, steps: int) -> dict:
     eta, lambda_max = 0.01, 0.5
-    c = BudgetController(BudgetConfig(target_rate=rate, eta=eta, lambda_max=lambda_max))
+    c = BudgetController(BudgetConfig(target_rate=rate, eta=eta, lambda_max=lambda_max, **TRACK))
+    rng = np.random.default_rng(7)
     overspend, worst = True, 0.0
     for _ in range(steps):
         lam = c.multiplier
@@ -67,6 +75,9 @@ def _adversarial(rate: float, steps: int) -> dict:
         elif not overspend and lam <= eta:
             overspend = True
         score = lam + 1e-9 if overspend else max(lam - 1e-9, 0.0)
+        if rng.uniform() < 0.05:  # now and then a random prompt (tracking reads them all)
+            score = rng.uniform(0.0, lambda_max - eta)
+        c.record_scores([score])
         c.observe([score > lam])
         s = c.snapshot()
         worst = max(worst, abs(s.running_rate - rate) / s.error_bound)
@@ -74,7 +85,107 @@ def _adversarial(rate: float, steps: int) -> dict:
     return {"steps": steps, "worst_error_over_bound": worst, "clipped_updates": s.clipped_updates}
 
 
-def run(out: Path, n: int, runs: int, rate: float, tau: float, seed: int) -> dict:
+def _quality(estimator_dir: Path, levels: tuple[str, ...], n: int, seed: int) -> np.ndarray:
+    """The estimator's Q (n, M, K) on ``n`` prompts cycling through ``levels``."""
+    from t2i_router.router.estimator import load_estimator
+
+    per_level = [sample_prompts(n, seed=seed + k, complexity=c) for k, c in enumerate(levels)]
+    prompts = [per_level[i % len(levels)][i // len(levels)][0] for i in range(n)]
+    estimator = load_estimator(estimator_dir)
+    try:
+        return asyncio.run(estimator.predict(prompts))
+    finally:
+        estimator.close()
+
+
+def _large_shift(
+    estimator_dir: Path, rate: float, tau: float, runs: int, seed: int
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """The router's policy and controller on the estimator's predictions through a large shift
+    (module docstring); returns the summary and the mean paths for the plot."""
+    from t2i_router.router.estimator import load_estimator
+    from t2i_router.router.server import build_policy
+
+    estimator = load_estimator(estimator_dir)
+    try:
+        policy = build_policy(estimator, ROOT / "models", "edge_small@8", "cloud_large@20")
+    finally:
+        estimator.close()
+    pool = 2000
+    calib = policy.utilities(_quality(estimator_dir, BEFORE, 512, seed + 50))
+    q_before = _quality(estimator_dir, BEFORE, pool, seed)
+    q_after = _quality(estimator_dir, AFTER, pool, seed + 10)
+    u_before, u_after = policy.utilities(q_before), policy.utilities(q_after)
+    cal = calibrate_budget(lambda lam: policy.outcome(calib, lam)[0], rate, tau, 1.0, 0.05)
+    after_cal = calibrate_budget(lambda lam: policy.outcome(u_after, lam)[0], rate, tau, 1.0, 1e9)
+    before_star = solve_multiplier(lambda lam: policy.outcome(u_before, lam)[0], rate, 1.0)
+    seg = int(max(10 * tau, 500))
+    window_size = TRACK.get("track_window", 100)
+    rng = np.random.default_rng(seed)
+    streams = [
+        np.concatenate([q_before[rng.integers(0, pool, seg)], q_after[rng.integers(0, pool, seg)]])
+        for _ in range(runs)
+    ]
+    paths: dict[str, np.ndarray] = {}
+    result: dict = {
+        "levels_before": list(BEFORE),
+        "levels_after": list(AFTER),
+        "eta": cal.eta,
+        "lambda_star_before": before_star,
+        "lambda_star_after": after_cal.multiplier,
+        "slope_before": cal.slope,
+        "slope_after": after_cal.slope,
+        "tau_after_dual_only": 1.0 / (cal.eta * after_cal.slope),
+        "decisions_per_phase": seg,
+        "runs": runs,
+    }
+    for name, every in (("tracked", TRACK.get("track_every", 0)), ("dual_only", 0)):
+        lams, clouds = [], []
+        for q in streams:
+            config = BudgetConfig(
+                target_rate=rate,
+                eta=cal.eta,
+                lambda_max=1.0,
+                cost_scale=policy.config.c_scale,
+                track_every=every,
+                track_window=window_size,
+            )
+            controller = BudgetController(config)
+            window = OutcomeWindow(policy.outcome, max(window_size, len(calib)))
+            controller.outcome_model = window.at
+            controller.recent_outcome_model = partial(window.at, last=window_size)
+            window.add(calib)
+            controller.warm_start()  # lambda* on the calibration prompts, as the demo's
+            lam, cloud = np.empty(2 * seg), np.empty(2 * seg, bool)
+            for t in range(2 * seg):
+                lam[t] = controller.multiplier
+                d = policy.decide(q[t : t + 1], lam[t])
+                window.add(d.utilities)
+                cloud[t] = bool(d.cloud[0])
+                controller.observe(d.cloud, d.costs)
+            lams.append(lam)
+            clouds.append(cloud)
+        mean_lam, mean_cloud = np.mean(lams, axis=0), np.mean(clouds, axis=0)
+        after_path = mean_lam[seg:]
+        crossed = after_path >= before_star + 0.9 * (after_cal.multiplier - before_star)
+        recovery = float(np.argmax(crossed)) if crossed.any() else float("inf")
+        span = int(2 * tau)
+        result[name] = {
+            "track_every": every,
+            "decisions_to_90_percent": recovery,
+            "in_tau": recovery / tau,
+            "rate_first_2_tau_after_shift": float(mean_cloud[seg : seg + span].mean()),
+            "rate_final": float(np.mean([c.mean() for c in clouds])),
+            "lambda_final_mean": float(after_path[-int(4 * tau) :].mean()),
+        }
+        paths[name], paths[f"{name}_cloud"] = mean_lam, mean_cloud
+    paths["star"] = np.r_[np.full(seg, before_star), np.full(seg, after_cal.multiplier)]
+    return result, paths
+
+
+def run(
+    out: Path, n: int, runs: int, rate: float, tau: float, seed: int, estimator_dir: Path
+) -> dict:
     """Runs every measurement, writes the JSON and PNG into ``out``, returns the summary."""
     rng = np.random.default_rng(seed)
     before, after = sim.mix_threshold(SIMPLE, rate), sim.mix_threshold(RELATION_HEAVY, rate)
@@ -125,6 +236,8 @@ def run(out: Path, n: int, runs: int, rate: float, tau: float, seed: int) -> dic
     sizes[lo:hi] = 40
     burst = sim.run_stream(_controller(rate, eta, rng, update="batch"), burst_stream.scores, sizes)
 
+    large, large_paths = _large_shift(estimator_dir, rate, tau, runs, seed)
+
     summary = {
         "command": "benchmarks/budget_control.py " + " ".join(sys.argv[1:]),
         "settings": {
@@ -137,6 +250,7 @@ def run(out: Path, n: int, runs: int, rate: float, tau: float, seed: int) -> dic
             "threshold_simple_mix": before,
             "threshold_relation_heavy_mix": after,
             "tau_after_shift": tau_after,
+            **TRACK,
         },
         "stationary": stationary,
         "shifting": {
@@ -154,6 +268,7 @@ def run(out: Path, n: int, runs: int, rate: float, tau: float, seed: int) -> dic
             "runs": runs,
         },
         "adversarial": _adversarial(rate, min(n, 20_000)),
+        "large_shift": large,
         "burst": {
             "n": burst_n,
             "batch_size": 4,
@@ -170,6 +285,7 @@ def run(out: Path, n: int, runs: int, rate: float, tau: float, seed: int) -> dic
         "quality_gap_vs_hindsight_stationary": stationary["quality_gap_vs_hindsight"],
         "adversarial_worst_over_bound": summary["adversarial"]["worst_error_over_bound"],
         "burst_rate_error": summary["burst"]["burst_rate_error"],
+        "recovery_in_tau_large_shift": large["tracked"]["in_tau"],
     }
     summary["goals"] = {
         k: {"goal": GOALS[k], "measured": v, "met": None if v is None else bool(v <= GOALS[k])}
@@ -179,7 +295,40 @@ def run(out: Path, n: int, runs: int, rate: float, tau: float, seed: int) -> dic
     out.mkdir(parents=True, exist_ok=True)
     (out / "budget_control.json").write_text(json.dumps(summary, indent=1) + "\n")
     _plot(out / "budget_control.png", shift, shift_stream, rate, eta, tau)
+    _plot_large_shift(out / "large_shift.png", large_paths, large, rate, tau)
     return summary
+
+
+def _plot_large_shift(
+    path: Path, paths: dict[str, np.ndarray], large: dict, rate: float, tau: float
+) -> None:
+    seg = large["decisions_per_phase"]
+    t = np.arange(paths["star"].size) - seg
+    span = int(2 * tau)
+    kernel = np.ones(span) / span
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for name, label in (("tracked", "tracking + dual steps"), ("dual_only", "dual steps only")):
+        r = large[name]
+        ax1.plot(t, paths[name], lw=1.2, label=f"{label} (90% after {r['in_tau']:.1f} tau)")
+        rolling = np.convolve(paths[f"{name}_cloud"], kernel, mode="full")[: t.size]
+        rolling[: span - 1] = np.nan
+        ax2.plot(t, rolling, lw=1.2, label=label)
+    ax1.plot(t, paths["star"], color="k", ls="--", lw=1, label="lambda* of the mix")
+    ax1.axvline(0, color="0.6", lw=0.8)
+    ax1.set_ylabel("lambda (mean path)")
+    ax1.legend(loc="lower right", fontsize=8)
+    ax2.axhline(rate, color="k", ls="--", lw=1, label=f"target {rate}")
+    ax2.axvline(0, color="0.6", lw=0.8)
+    ax2.set_ylabel(f"cloud rate, last {span} decisions")
+    ax2.set_xlabel("decisions after the shift")
+    ax2.legend(loc="upper right", fontsize=8)
+    fig.suptitle(
+        f"{'/'.join(large['levels_before'])} -> {'/'.join(large['levels_after'])} on the "
+        f"estimator's predictions (eta={large['eta']:.2g} from tau={tau:g} on the first mix)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot(
@@ -222,9 +371,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rate", type=float, default=0.3, help="target cloud rate")
     parser.add_argument("--tau", type=float, default=50.0, help="recovery time, in decisions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--track-every", type=int, help="decisions between re-solves of lambda* (tau / 5; 0: off)"
+    )
+    parser.add_argument("--track-window", type=int, help="decisions a re-solve reads (2 tau)")
+    parser.add_argument(
+        "--estimator",
+        type=Path,
+        default=ROOT / "models" / "quality_estimator",
+        help="estimator of the large shift",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    summary = run(args.out, args.n, args.runs, args.rate, args.tau, args.seed)
+    TRACK["track_every"] = (
+        max(1, round(args.tau / 5)) if args.track_every is None else args.track_every
+    )
+    TRACK["track_window"] = args.track_window or max(1, round(2 * args.tau))
+    summary = run(args.out, args.n, args.runs, args.rate, args.tau, args.seed, args.estimator)
     for name, goal in summary["goals"].items():
         print(f"{name}: {goal['measured']} (goal <= {goal['goal']}, met: {goal['met']})")
     print(f"wrote {args.out / 'budget_control.json'} and {args.out / 'budget_control.png'}")

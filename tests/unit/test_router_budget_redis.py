@@ -62,6 +62,10 @@ def test_the_lua_scripts_step_like_the_pure_transitions(redis_server, update: st
             scores = rng.normal(0.1, 0.05, 50)
             remote.warm_start(scores)
             local.warm_start(scores)
+        if step in (50, 60, 70):  # tracking's jumps, one clipped at each end
+            theta = {50: 0.15, 60: 5.0, 70: -1.0}[step]
+            remote.store.track(theta)
+            local.store.track(theta)
         if step == 80:
             for c in (remote, local):
                 c.set_target(target_cost=4.0, eta=0.2, lambda_max=0.5, multiplier=0.4)

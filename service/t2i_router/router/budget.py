@@ -47,6 +47,25 @@ choices. Without one it falls back to the (1 - share) quantile of recent two-eng
 (share = the target rate, or in cost mode the cloud share that meets the target cost between the
 edge and cloud costs), exact for two choices only.
 
+Tracking. The dual steps alone move lambda at most eta * max(rho, 1 - rho) per decision, and
+tau holds near the lambda* whose density eta was chosen for. A large shift of the prompt mix
+breaks both: lambda* moved 25x (0.013 -> 0.35) when a stream went from single/group to
+pair/relation prompts, where the score density is far lower, and the steps took ~200 decisions to
+follow at the eta that gives tau = 25 on the first mix. With ``track_every`` = K > 0 the
+controller adds a feed-forward: every K counted decisions it re-solves theta = lambda* on the last
+``track_window`` decisions (on `recent_outcome_model` when the router sets one, else as the
+(1 - share) quantile of the last scores) and moves lambda to
+
+    lambda = theta + kappa,     kappa = lambda - lambda_1 = eta * sum_t (c_t - rho) / c_scale
+
+so lambda is a PI controller: theta follows the mix as fast as the window fills, kappa is the
+dual steps' integral of the excess since the target changed, which the jump keeps (lambda_1
+becomes lambda - kappa, as a warm start's jump shifts it). kappa is what the guarantee reads:
+the identity and the (lambda_max + eta) / (eta * T) bound hold with tracking on, on any traffic
+(`budget_store.track_state` keeps lambda_1 in [0, lambda_max]). A window of ~2 tau recovers
+from a shift of any size in about that many decisions (benchmarks/budget_control.py,
+"large shift"); a shorter one follows faster and jitters more.
+
 Forced and fallback decisions (`counted=False`) are tallied but move neither lambda nor the
 running rate.
 
@@ -133,6 +152,10 @@ class BudgetConfig:
         cloud_cost: Cost of the cloud default (> edge_cost), as above.
         update: "request" (one step per counted decision) or "batch" (one step per `observe`).
         score_window: How many recent scores are kept for the warm start.
+        track_every: Counted decisions between two re-solves of lambda* on recent traffic (the
+            tracking feed-forward, module docstring); 0 turns tracking off.
+        track_window: How many of the latest decisions a re-solve reads (<= score_window when
+            it falls back to the scores); ~2 tau.
         state_dir: Directory of the persisted state; None keeps it in memory only (used by the
             default local store; a store given to the controller decides for itself).
         persist_interval_s: Least time between two writes of the state by `observe`.
@@ -149,6 +172,8 @@ class BudgetConfig:
     cloud_cost: float = 1.0
     update: UpdateMode = "request"
     score_window: int = 2000
+    track_every: int = 0
+    track_window: int = 100
     state_dir: Path | None = None
     persist_interval_s: float = 1.0
 
@@ -168,6 +193,13 @@ class BudgetConfig:
             )
         if self.score_window < 1:
             raise InvalidRequest(f"score_window is {self.score_window}, must be >= 1")
+        if self.track_every < 0:
+            raise InvalidRequest(f"track_every is {self.track_every}, must be >= 0 (0: off)")
+        if not 1 <= self.track_window <= self.score_window:
+            raise InvalidRequest(
+                f"track_window is {self.track_window}, must be in [1, score_window "
+                f"{self.score_window}]"
+            )
         if self.persist_interval_s < 0:
             raise InvalidRequest(f"persist_interval_s is {self.persist_interval_s}, must be >= 0")
 
@@ -268,6 +300,11 @@ class BudgetController:
         self._scores: deque[float] = deque(maxlen=config.score_window)
         #: lambda -> (cloud share, mean cost) on recent traffic; the warm start solves on it.
         self.outcome_model: Callable[[float], tuple[float, float]] | None = None
+        #: The same on the last ``track_window`` decisions; tracking re-solves on it.
+        self.recent_outcome_model: Callable[[float], tuple[float, float]] | None = None
+        self._since_track = 0
+        #: Re-solves applied (tracking).
+        self.tracks = 0
         self.store: BudgetStore = store or LocalBudgetStore(
             config.state_dir, config.persist_interval_s
         )
@@ -393,7 +430,34 @@ class BudgetController:
             cost_scale=self.config.cost_scale,
             update=self.config.update,
         )
-        return self.store.observe(obs).multiplier
+        lam = self.store.observe(obs).multiplier
+        if self.config.track_every and obs.n:
+            self._since_track += obs.n
+            if self._since_track >= self.config.track_every:
+                self._since_track = 0
+                lam = self.track()
+        return lam
+
+    def track(self) -> float:
+        """Re-solves lambda* on recent traffic and moves lambda to it plus the dual steps'
+        integral (module docstring, Tracking); `observe` calls it every ``track_every``
+        counted decisions. Returns lambda (unchanged until ``track_window`` decisions were
+        seen)."""
+        s = self.store.state()
+        window = self.config.track_window
+        if self.recent_outcome_model is not None:
+            theta = self._solve(self.recent_outcome_model, s)  # None until the window is full
+        else:
+            with self._lock:
+                recent = np.fromiter(self._scores, dtype=np.float64)[-window:]
+            full = recent.size >= window
+            theta = float(np.quantile(recent, 1.0 - self._cloud_share(s))) if full else None
+        if theta is None:
+            return s.multiplier
+        self.tracks += 1
+        new = self.store.track(theta).multiplier
+        log.debug("budget tracking: theta=%.6g lambda %.6g -> %.6g", theta, s.multiplier, new)
+        return new
 
     # ----- control
 
@@ -481,10 +545,15 @@ class BudgetController:
 
     def _solve_on_outcome(self) -> float | None:
         """lambda* on `outcome_model` (None without a model or without traffic in it)."""
-        model = self.outcome_model
+        return self._solve(self.outcome_model, self.store.state())
+
+    @staticmethod
+    def _solve(
+        model: Callable[[float], tuple[float, float]] | None, s: BudgetState
+    ) -> float | None:
+        """lambda* where ``model`` meets the target (None without a model or traffic in it)."""
         if model is None:
             return None
-        s = self.store.state()
         rate_mode = s.mode == "rate"
         target = s.target_rate if rate_mode else s.target_cost
         try:
@@ -492,7 +561,7 @@ class BudgetController:
                 lambda lam: model(lam)[0 if rate_mode else 1], target, s.lambda_max
             )
         except InvalidRequest as e:  # an empty window: fall back to the scores
-            log.info("budget warm start on the policy's outcome skipped: %s", e)
+            log.debug("lambda* on the policy's outcome skipped: %s", e)
             return None
 
     def _cloud_share(self, s: BudgetState) -> float:

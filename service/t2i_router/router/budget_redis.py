@@ -57,6 +57,7 @@ from t2i_router.router.budget_store import (
     BudgetState,
     Observation,
     observe_state,
+    track_state,
     warm_start_state,
 )
 
@@ -167,6 +168,18 @@ local lam = tonumber(s.multiplier)
 local new = math.min(math.max(tonumber(ARGV[1]), 0.0), tonumber(s.lambda_max))
 redis.call('HSET', KEYS[1], 'multiplier', f(new), 'warm_started', '1',
            'multiplier_at_since', f(tonumber(s.multiplier_at_since) + new - lam))
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# ARGV: theta (lambda* on the calling replica's recent traffic); see budget_store.track_state
+_TRACK = """
+local s = load()
+if not s then return false end
+local lmax = tonumber(s.lambda_max)
+local kappa = tonumber(s.multiplier) - tonumber(s.multiplier_at_since)
+local theta = math.min(math.max(tonumber(ARGV[1]), 0.0), lmax)
+local new = math.min(math.max(theta + kappa, 0.0), lmax)
+redis.call('HSET', KEYS[1], 'multiplier', f(new), 'multiplier_at_since', f(new - kappa))
 return redis.call('HGETALL', KEYS[1])
 """
 
@@ -304,6 +317,7 @@ class RedisBudgetStore:
                 ("observe", _OBSERVE),
                 ("replay", _REPLAY),
                 ("warm_start", _WARM_START),
+                ("track", _TRACK),
                 ("reset", _RESET),
                 ("seed", _SEED),
             )
@@ -424,6 +438,22 @@ class RedisBudgetStore:
                     pass
             # only this replica's copy moves; the shared state, once back, wins
             self._state = warm_start_state(self._require(), multiplier, if_cold)
+            return self._state
+
+    def track(self, theta: float) -> BudgetState:
+        with self._lock:
+            if self._down_since is None:
+                args = [repr(float(theta))]
+                try:
+                    flat = self._with_state(
+                        lambda: self._scripts["track"](keys=self._keys, args=args)
+                    )
+                    self._adopt(flat)
+                    return self._require()
+                except _Down:
+                    pass
+            # only this replica's copy moves; the shared state, once back, wins
+            self._state = track_state(self._require(), theta)
             return self._state
 
     def reset(self, change: BudgetChange, now_unix_s: float) -> BudgetState:

@@ -12,6 +12,10 @@ way (the Redis store's Lua scripts, `budget_redis`, mirror them line by line):
   one step with their summed excess (the sum is what the rate identity needs);
 - `warm_start_state`: a jump of lambda to a quantile of scores (not a step: lambda_1 moves
   with it, so the identity stays exact);
+- `track_state`: the feed-forward of tracking: lambda moves to theta + kappa, where theta is
+  lambda* re-solved on recent traffic and kappa = lambda - lambda_1 (eta times the excess the
+  dual steps have summed since the target changed); lambda_1 becomes theta, so kappa, the
+  identity and the rate bound are untouched (`budget`, "Tracking");
 - `reset_state`: SetBudget: new target and/or settings, counts restart.
 
 `BudgetStore` is the interface the `BudgetController` talks to, so the controller does not know
@@ -52,6 +56,7 @@ __all__ = [
     "observe_state",
     "replay_state",
     "reset_state",
+    "track_state",
     "warm_start_state",
 ]
 
@@ -264,6 +269,18 @@ def warm_start_state(s: BudgetState, multiplier: float, if_cold: bool) -> Budget
     )
 
 
+def track_state(s: BudgetState, theta: float) -> BudgetState:
+    """Moves lambda to ``theta + kappa`` (clipped), kappa = lambda - lambda_1 kept.
+
+    ``theta`` (clipped to [0, lambda_max]) is lambda* on recent traffic. lambda_1 becomes
+    ``lambda_new - kappa``, which lies in [0, lambda_max] as long as |kappa| <= lambda_max (it
+    does: lambda and lambda_1 both lie there), so the rate bound's argument is unchanged.
+    """
+    kappa = s.multiplier - s.multiplier_at_since
+    new = min(max(min(max(theta, 0.0), s.lambda_max) + kappa, 0.0), s.lambda_max)
+    return replace(s, multiplier=new, multiplier_at_since=new - kappa)
+
+
 def reset_state(s: BudgetState, change: BudgetChange, now_unix_s: float) -> BudgetState:
     """Applies a SetBudget (validated by the caller) and restarts the counts at ``now_unix_s``."""
     mode = s.mode
@@ -330,6 +347,10 @@ class BudgetStore(Protocol):
 
     def warm_start(self, multiplier: float, if_cold: bool) -> BudgetState:
         """`warm_start_state`, atomically."""
+        ...
+
+    def track(self, theta: float) -> BudgetState:
+        """`track_state`, atomically."""
         ...
 
     def reset(self, change: BudgetChange, now_unix_s: float) -> BudgetState:
@@ -408,6 +429,13 @@ class LocalBudgetStore:
             self._state = warm_start_state(self._require(), multiplier, if_cold)
             state = self._state
         self._persist(force=True)
+        return state
+
+    def track(self, theta: float) -> BudgetState:
+        with self._lock:
+            self._state = track_state(self._require(), theta)
+            state = self._state
+        self._persist(force=False)
         return state
 
     def reset(self, change: BudgetChange, now_unix_s: float) -> BudgetState:

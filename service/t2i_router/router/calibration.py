@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -119,8 +120,22 @@ class OutcomeWindow:
             raise InvalidRequest(f"utilities have shape {u.shape}, expected (N, M)")
         self._rows.extend(u[np.isfinite(u).all(axis=1)])
 
-    def at(self, multiplier: float) -> tuple[float, float]:
-        """(cloud share, mean cost) the policy would give on the window at ``multiplier``."""
+    def rows(self) -> np.ndarray:
+        """The utilities kept, oldest first, (N, M)."""
         if not self._rows:
             raise InvalidRequest("the outcome window is empty: no decisions recorded yet")
-        return self._outcome(np.stack(self._rows), multiplier)
+        return np.stack(self._rows)
+
+    def at(self, multiplier: float, last: int | None = None) -> tuple[float, float]:
+        """(cloud share, mean cost) the policy would give at ``multiplier`` on the window, or
+        on its latest ``last`` rows (the budget's tracking); raises InvalidRequest while the
+        window holds fewer."""
+        if not self._rows:
+            raise InvalidRequest("the outcome window is empty: no decisions recorded yet")
+        if last is None:
+            return self._outcome(np.stack(self._rows), multiplier)
+        if len(self._rows) < last:
+            raise InvalidRequest(
+                f"the outcome window holds {len(self._rows)} decisions, fewer than {last}"
+            )
+        return self._outcome(np.stack(list(islice(reversed(self._rows), last))), multiplier)

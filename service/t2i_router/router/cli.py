@@ -93,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         estimator_dir=args.estimator,
         estimator_runtime=args.estimator_runtime,
         target_rate=args.target_rate,
+        track_every=args.track_every,
+        track_window=args.track_window,
         engine_timeout_s=args.engine_timeout_s,
     )
     config.tokens()  # a missing or empty token file stops here, before Triton starts
@@ -335,6 +337,14 @@ def add_router_parser(sub: argparse._SubParsersAction) -> None:
         "(the repository's quality_estimator model)",
     )
     p.add_argument("--target-rate", type=unit_interval, help="initial target cloud rate")
+    p.add_argument(
+        "--track-every",
+        type=non_negative_int,
+        help="counted decisions between re-solves of lambda* on recent traffic (20; 0: off)",
+    )
+    p.add_argument(
+        "--track-window", type=positive_int, help="latest decisions a re-solve reads (200)"
+    )
     p.add_argument("--engine-timeout-s", type=positive_float, help="longest engine call (60)")
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="(json)")
     p.set_defaults(func=cmd_serve)

@@ -73,6 +73,10 @@ class RouterConfig:
         target_rate: Initial target cloud rate (a restored state wins).
         eta: Step size of the budget controller.
         lambda_max: Upper clip of lambda.
+        track_every: Counted decisions between two re-solves of lambda* on recent traffic (the
+            budget's tracking feed-forward, `budget`); 0 leaves lambda to the dual steps alone.
+        track_window: Latest AUTO decisions a re-solve reads (~2 tau: eta 5e-4 gives tau ~110
+            decisions at the committed estimator's score density).
         triton_url: ``host:port`` of an external Triton; None starts a managed one.
         triton_restart_initial_s: Wait before restarting a managed Triton that died.
         triton_restart_max_s: Longest wait between restart attempts (the wait doubles per
@@ -121,6 +125,8 @@ class RouterConfig:
     target_rate: float = 0.3
     eta: float = 5e-4
     lambda_max: float = 1.0
+    track_every: int = 20
+    track_window: int = 200
     triton_url: str | None = None
     triton_restart_initial_s: float = 1.0
     triton_restart_max_s: float = 30.0

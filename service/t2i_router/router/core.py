@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -125,6 +126,8 @@ class Router:
         # Recent AUTO decisions' utilities: the warm start solves lambda* on the policy's outcome.
         self.window = OutcomeWindow(policy.outcome, budget.config.score_window)
         budget.outcome_model = self.window.at
+        # ... and tracking re-solves it on the latest ones (BudgetConfig.track_every)
+        budget.recent_outcome_model = partial(self.window.at, last=budget.config.track_window)
         self.engines = engines
         self.limits = limits or Limits()
         self.metrics = metrics

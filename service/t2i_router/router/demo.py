@@ -13,7 +13,8 @@ It starts the whole stack in this process tree: a managed tritonserver serving t
    on recent traffic; `Router.sample_window`, `Router.calibrate`): lambda* where the policy's
    cloud share is the target, and eta so that lambda recovers from a shift with a time constant of
    ``prompts / 8`` decisions (the rule of `budget.eta_for_recovery`, at the measured slope of
-   the share around lambda*);
+   the share around lambda*); the router tracks lambda* on its last 2 tau decisions every
+   tau / 5 (`budget`, "Tracking"), starting from the calibration sample;
 2. sends ``--prompts`` sampled prompts through Generate, ``--concurrency`` in flight, whose mix
    shifts halfway (``--before``/``--after``: by default a third pair/relation prompts first,
    two thirds after)
@@ -153,6 +154,11 @@ class DemoConfig:
         return self.recovery_decisions or max(4.0, self.prompts / 8)
 
     @property
+    def track_every(self) -> int:
+        """Counted decisions between two re-solves of lambda* (tracking): tau / 5."""
+        return max(1, round(self.tau_decisions / 5))
+
+    @property
     def rolling_window(self) -> int:
         """Decisions of the rolling cloud rate: two recovery time constants."""
         return max(1, round(2 * self.tau_decisions))
@@ -231,8 +237,15 @@ async def _run_stack(
     from t2i_router.triton import TritonClient
     from t2i_router_client import router_pb2, router_pb2_grpc
 
+    # lambda starts from the calibration, not the server's warm start on a generic sample;
+    # tracking re-solves lambda* on the last 2 tau decisions every tau / 5
     router_config = RouterConfig(
-        port=0, target_rate=config.target_rate, models_dir=config.models_dir
+        port=0,
+        target_rate=config.target_rate,
+        models_dir=config.models_dir,
+        warm_start_prompts=0,
+        track_every=config.track_every,
+        track_window=config.rolling_window,
     )
     async with TritonClient(triton_url) as client:
         router = build_router(router_config, estimator, client)
@@ -242,6 +255,7 @@ async def _run_stack(
             if not await service.wait_serving(60):
                 raise Unavailable("the router did not become SERVING within 60 s")
             window = await router.sample_window(calibration_prompts(config))
+            router.window.add(window.rows())  # tracking reads them until the stream's replace them
             calibration = router.calibrate(
                 config.target_rate, config.tau_decisions, config.max_eta, window
             )
@@ -264,6 +278,8 @@ async def _run_stack(
             budget["calibration"] = {
                 **asdict(calibration),
                 "tau_decisions": config.tau_decisions,
+                "track_every": config.track_every,
+                "track_window": config.rolling_window,
                 "sample_prompts": len(window),
                 "sample_levels": list(config.before),
             }

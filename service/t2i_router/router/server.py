@@ -127,6 +127,8 @@ def build_router(
             target_rate=config.target_rate,
             eta=config.eta,
             lambda_max=config.lambda_max,
+            track_every=config.track_every,
+            track_window=config.track_window,
             cost_scale=policy.config.c_scale,
             edge_cost=edge.cost,
             cloud_cost=cloud.cost,

@@ -158,6 +158,7 @@ def run_stream(
         m = controller.multiplier
         lam[t:end] = m
         cloud[t:end] = scores[t:end] > m
+        controller.record_scores(scores[t:end])  # what tracking re-solves on
         controller.observe(cloud[t:end])
         t = end
     running = np.cumsum(cloud) / np.arange(1, t_total + 1)
