@@ -7,7 +7,10 @@
 #   MODEL_DIR=build/quality_estimator benchmarks/estimator_evaluation.sh   # leave models/ alone
 #
 # The ablations (no token selection, no dual gate, no PRS loss) are remade by this script into
-# build/estimator_ablations/ (ignored by git); only the main estimator is committed.
+# build/estimator_ablations/ (ignored by git). With static features (the served default: a route
+# decision within the 5 ms goal) it also trains the same MoE on contextual MiniLM outputs, the
+# encoder the pooled baselines use, into models/quality_estimator_contextual and evaluates it as
+# the variant "contextual" (quality against latency: docs/evaluation/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -16,6 +19,7 @@ SEED=${SEED:-0}
 THREADS=${THREADS:-2}
 ABLATIONS=build/estimator_ablations
 MODEL_DIR=${MODEL_DIR:-models/quality_estimator}
+CONTEXTUAL_DIR=${CONTEXTUAL_DIR:-models/quality_estimator_contextual}
 OUT=${OUT:-docs/evaluation}
 common=(--labels data/labels --features "$FEATURES" --seed "$SEED" --threads "$THREADS" --no-progress)
 
@@ -24,8 +28,14 @@ common=(--labels data/labels --features "$FEATURES" --seed "$SEED" --threads "$T
 "$BIN/t2i-router" estimator train "${common[@]}" --no-dual-gate --out "$ABLATIONS/no_dual_gate"
 "$BIN/t2i-router" estimator train "${common[@]}" --prs-loss-weight 0 --out "$ABLATIONS/no_prs_loss"
 
+contextual=()
+if [ "$FEATURES" = static ]; then
+  "$BIN/t2i-router" estimator train "${common[@]/static/contextual}" --out "$CONTEXTUAL_DIR"
+  contextual=(--variant "contextual=$CONTEXTUAL_DIR")
+fi
+
 "$BIN/t2i-router" estimator evaluate --labels data/labels --out "$OUT" \
-  --model "$MODEL_DIR" \
+  --model "$MODEL_DIR" "${contextual[@]}" \
   --variant "no_token_selection=$ABLATIONS/no_token_selection" \
   --variant "no_dual_gate=$ABLATIONS/no_dual_gate" \
   --variant "no_prs_loss=$ABLATIONS/no_prs_loss" \

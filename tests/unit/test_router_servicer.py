@@ -99,6 +99,7 @@ async def test_every_rpc_through_the_generated_stubs(served) -> None:
         't2i_router_requests_total{choice="",rpc="GenerateBatch",status="INVALID_ARGUMENT"}' in text
     )
     assert "t2i_router_target_rate 0.6" in text and "t2i_router_batch_size_count" in text
+    assert "t2i_router_lambda_correction " in text
 
 
 @pytest.mark.parametrize(

@@ -265,6 +265,12 @@ class BudgetSnapshot:
     pending_decisions: int = 0
 
     @property
+    def correction(self) -> float:
+        """kappa = lambda - lambda_1: eta times the summed excess (exact while nothing clipped);
+        with tracking, lambda = lambda* on recent traffic + kappa (module docstring)."""
+        return self.multiplier - self.multiplier_at_since
+
+    @property
     def error_bound(self) -> float:
         """(lambda_max + eta) / (eta * T): the bound on |running rate - target| (inf at T = 0)."""
         if self.decisions == 0:

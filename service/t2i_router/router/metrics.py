@@ -6,7 +6,8 @@ Exported (prefix ``t2i_router_``):
 - ``stage_seconds{stage}``: latency histograms per stage (queue, estimate, decide, generate,
   encode) and ``request_seconds{rpc}`` per whole rpc;
 - ``queue_depth``: prompts waiting in the micro-batcher; ``batch_size``: histogram of batches;
-- ``lambda``, ``running_rate``, ``target_rate``, ``running_cost``, ``counted_decisions``,
+- ``lambda``, ``lambda_correction`` (kappa, `budget.BudgetSnapshot.correction`),
+  ``running_rate``, ``target_rate``, ``running_cost``, ``counted_decisions``,
   ``budget_persisted``, ``budget_pending_decisions``: the budget controller as this router sees
   it, read when scraped (with a shared store: its last view, refreshed at every decision batch);
 - ``asyncio_tasks``: unfinished tasks on the serving event loop, and ``calls_in_flight``: calls
@@ -95,6 +96,11 @@ class RouterMetrics:
             name: Gauge(f"t2i_router_{name}", text, registry=r)
             for name, text in (
                 ("lambda", "The budget multiplier lambda"),
+                (
+                    "lambda_correction",
+                    "kappa = lambda - lambda_1: the dual steps' correction since the target "
+                    "changed (eta times the excess); the rest of lambda is tracking's lambda*",
+                ),
                 ("running_rate", "Share of counted decisions that went to the cloud"),
                 ("target_rate", "Target share of cloud decisions"),
                 ("running_cost", "Average cost of counted decisions"),
@@ -137,6 +143,7 @@ class RouterMetrics:
             self.calls_in_flight.set_function(in_flight)
         fields = {
             "lambda": "multiplier",
+            "lambda_correction": "correction",
             "running_rate": "running_rate",
             "target_rate": "target_rate",
             "running_cost": "running_cost",
