@@ -172,7 +172,7 @@ class GetBudgetRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetBudgetResponse(_message.Message):
-    __slots__ = ("mode", "target_rate", "target_cost", "running_rate", "running_cost", "multiplier", "eta", "lambda_max", "decisions", "cloud_decisions", "uncounted_decisions", "since", "cost_scale", "warm_started", "persisted")
+    __slots__ = ("mode", "target_rate", "target_cost", "running_rate", "running_cost", "multiplier", "eta", "lambda_max", "decisions", "cloud_decisions", "uncounted_decisions", "since", "cost_scale", "warm_started", "persisted", "correction")
     MODE_FIELD_NUMBER: _ClassVar[int]
     TARGET_RATE_FIELD_NUMBER: _ClassVar[int]
     TARGET_COST_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,7 @@ class GetBudgetResponse(_message.Message):
     COST_SCALE_FIELD_NUMBER: _ClassVar[int]
     WARM_STARTED_FIELD_NUMBER: _ClassVar[int]
     PERSISTED_FIELD_NUMBER: _ClassVar[int]
+    CORRECTION_FIELD_NUMBER: _ClassVar[int]
     mode: BudgetMode
     target_rate: float
     target_cost: float
@@ -203,7 +204,8 @@ class GetBudgetResponse(_message.Message):
     cost_scale: float
     warm_started: bool
     persisted: bool
-    def __init__(self, mode: _Optional[_Union[BudgetMode, str]] = ..., target_rate: _Optional[float] = ..., target_cost: _Optional[float] = ..., running_rate: _Optional[float] = ..., running_cost: _Optional[float] = ..., multiplier: _Optional[float] = ..., eta: _Optional[float] = ..., lambda_max: _Optional[float] = ..., decisions: _Optional[int] = ..., cloud_decisions: _Optional[int] = ..., uncounted_decisions: _Optional[int] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cost_scale: _Optional[float] = ..., warm_started: _Optional[bool] = ..., persisted: _Optional[bool] = ...) -> None: ...
+    correction: float
+    def __init__(self, mode: _Optional[_Union[BudgetMode, str]] = ..., target_rate: _Optional[float] = ..., target_cost: _Optional[float] = ..., running_rate: _Optional[float] = ..., running_cost: _Optional[float] = ..., multiplier: _Optional[float] = ..., eta: _Optional[float] = ..., lambda_max: _Optional[float] = ..., decisions: _Optional[int] = ..., cloud_decisions: _Optional[int] = ..., uncounted_decisions: _Optional[int] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cost_scale: _Optional[float] = ..., warm_started: _Optional[bool] = ..., persisted: _Optional[bool] = ..., correction: _Optional[float] = ...) -> None: ...
 
 class SetBudgetRequest(_message.Message):
     __slots__ = ("target_rate", "target_cost", "eta", "multiplier", "lambda_max")

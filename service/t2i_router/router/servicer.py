@@ -132,6 +132,7 @@ def budget_message(s: BudgetSnapshot) -> router_pb2.GetBudgetResponse:
         cost_scale=s.cost_scale,
         warm_started=s.warm_started,
         persisted=s.persisted,
+        correction=s.correction,
     )
 
 
