@@ -75,8 +75,8 @@ class RouterConfig:
         lambda_max: Upper clip of lambda.
         track_every: Counted decisions between two re-solves of lambda* on recent traffic (the
             budget's tracking feed-forward, `budget`); 0 leaves lambda to the dual steps alone.
-        track_window: Latest AUTO decisions a re-solve reads (~2 tau: eta 5e-4 gives tau ~110
-            decisions at the committed estimator's score density).
+        track_window: Latest AUTO decisions a re-solve reads: lambda* follows a shift of the
+            prompt mix within about this many decisions; longer is smoother.
         triton_url: ``host:port`` of an external Triton; None starts a managed one.
         triton_restart_initial_s: Wait before restarting a managed Triton that died.
         triton_restart_max_s: Longest wait between restart attempts (the wait doubles per
