@@ -66,21 +66,7 @@ def _controller(rate: float, eta: float, rng: np.random.Generator, **kw) -> Budg
 def _adversarial(rate: float, steps: int) -> dict:
     eta, lambda_max = 0.01, 0.5
     c = BudgetController(BudgetConfig(target_rate=rate, eta=eta, lambda_max=lambda_max, **TRACK))
-    rng = np.random.default_rng(7)
-    overspend, worst = True, 0.0
-    for _ in range(steps):
-        lam = c.multiplier
-        if overspend and lam >= lambda_max - 2 * eta:
-            overspend = False
-        elif not overspend and lam <= eta:
-            overspend = True
-        score = lam + 1e-9 if overspend else max(lam - 1e-9, 0.0)
-        if rng.uniform() < 0.05:  # now and then a random prompt (tracking reads them all)
-            score = rng.uniform(0.0, lambda_max - eta)
-        c.record_scores([score])
-        c.observe([score > lam])
-        s = c.snapshot()
-        worst = max(worst, abs(s.running_rate - rate) / s.error_bound)
+    worst = sim.adversarial_stream(c, steps, np.random.default_rng(7))
     s = c.snapshot()
     return {"steps": steps, "worst_error_over_bound": worst, "clipped_updates": s.clipped_updates}
 

@@ -68,22 +68,7 @@ def test_rate_error_never_exceeds_the_invariant_bound_on_an_adversarial_stream()
     """An adversary that sees lambda pushes the rate up, then down, as far as it can."""
     eta, lambda_max = 0.01, 0.5
     c = BudgetController(BudgetConfig(target_rate=RATE, eta=eta, lambda_max=lambda_max))
-    rng = np.random.default_rng(7)
-    worst = 0.0
-    overspend = True
-    for _ in range(20_000):
-        lam = c.multiplier
-        if overspend and lam >= lambda_max - 2 * eta:
-            overspend = False
-        elif not overspend and lam <= eta:
-            overspend = True
-        # just above lambda: cloud; just below it: edge (scores stay in [0, lambda_max - eta])
-        score = lam + 1e-9 if overspend else max(lam - 1e-9, 0.0)
-        if rng.uniform() < 0.05:  # now and then a random prompt
-            score = rng.uniform(0.0, lambda_max - eta)
-        c.observe([score > lam])
-        s = c.snapshot()
-        worst = max(worst, abs(s.running_rate - RATE) / s.error_bound)
+    worst = sim.adversarial_stream(c, 20_000, np.random.default_rng(7))
     s = c.snapshot()
     assert s.clipped_updates == 0
     assert s.excess_sum == pytest.approx((s.multiplier - s.multiplier_at_since) / eta)

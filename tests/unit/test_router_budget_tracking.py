@@ -128,21 +128,7 @@ def test_the_rate_bound_holds_with_tracking_on_an_adversarial_stream() -> None:
             target_rate=RATE, eta=eta, lambda_max=lambda_max, track_every=5, track_window=20
         )
     )
-    rng = np.random.default_rng(7)
-    worst, overspend = 0.0, True
-    for _ in range(20_000):
-        lam = c.multiplier
-        if overspend and lam >= lambda_max - 2 * eta:
-            overspend = False
-        elif not overspend and lam <= eta:
-            overspend = True
-        score = lam + 1e-9 if overspend else max(lam - 1e-9, 0.0)
-        if rng.uniform() < 0.2:
-            score = rng.uniform(0.0, lambda_max - eta)
-        c.record_scores([score])
-        c.observe([score > lam])
-        s = c.snapshot()
-        worst = max(worst, abs(s.running_rate - RATE) / s.error_bound)
+    worst = sim.adversarial_stream(c, 20_000, np.random.default_rng(7), random_share=0.2)
     s = c.snapshot()
     assert c.tracks > 1000
     assert s.excess_sum == pytest.approx((s.multiplier - s.multiplier_at_since) / eta)

@@ -7,7 +7,8 @@ alignment ~0.78): "simple" prompts (one object group) gain little from the cloud
 prompts (two groups and a relation) gain more. A mix shift (simple -> relation-heavy) moves the
 threshold that holds a target rate, which is what the controller must follow.
 
-Used by tests/unit/test_router_budget_goals.py and benchmarks/budget_control.py.
+Used by tests/unit/test_router_budget_goals.py, tests/unit/test_router_budget_tracking.py and
+benchmarks/budget_control.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "Kind",
     "Stream",
     "Trace",
+    "adversarial_stream",
     "hindsight_quality",
     "mix_density",
     "mix_threshold",
@@ -175,3 +177,36 @@ def hindsight_quality(stream: Stream, n_cloud: int) -> float:
     if n_cloud > 0:
         cloud[np.argsort(-stream.scores, kind="stable")[:n_cloud]] = True
     return stream.quality(cloud)
+
+
+def adversarial_stream(
+    controller: BudgetController, steps: int, rng: np.random.Generator, random_share: float = 0.05
+) -> float:
+    """An adversary that sees lambda pushes the rate up, then down, as far as it can.
+
+    It sends a prompt scored just above lambda (cloud) until lambda nears ``lambda_max - 2 eta``,
+    then just below it (edge) until lambda nears 0, and so on; a ``random_share`` of prompts is
+    scored at random in [0, lambda_max - eta] instead. Every score is recorded, so tracking (when
+    on) re-solves lambda* on what the adversary feeds it. Scores stay below lambda_max - eta, so
+    the upper clip never acts.
+
+    Returns:
+        The worst |running rate - target| / error bound over the ``steps`` decisions.
+    """
+    start = controller.snapshot()
+    eta, lambda_max = start.eta, start.lambda_max
+    worst, overspend = 0.0, True
+    for _ in range(steps):
+        lam = controller.multiplier
+        if overspend and lam >= lambda_max - 2 * eta:
+            overspend = False
+        elif not overspend and lam <= eta:
+            overspend = True
+        score = lam + 1e-9 if overspend else max(lam - 1e-9, 0.0)
+        if rng.uniform() < random_share:
+            score = rng.uniform(0.0, lambda_max - eta)
+        controller.record_scores([score])
+        controller.observe([score > lam])
+        s = controller.snapshot()
+        worst = max(worst, abs(s.running_rate - s.target_rate) / s.error_bound)
+    return worst
