@@ -71,17 +71,10 @@ def _adversarial(rate: float, steps: int) -> dict:
     return {"steps": steps, "worst_error_over_bound": worst, "clipped_updates": s.clipped_updates}
 
 
-def _quality(estimator_dir: Path, levels: tuple[str, ...], n: int, seed: int) -> np.ndarray:
-    """The estimator's Q (n, M, K) on ``n`` prompts cycling through ``levels``."""
-    from t2i_router.router.estimator import load_estimator
-
+def _prompts(levels: tuple[str, ...], n: int, seed: int) -> list[str]:
+    """``n`` sampled prompts cycling through ``levels``."""
     per_level = [sample_prompts(n, seed=seed + k, complexity=c) for k, c in enumerate(levels)]
-    prompts = [per_level[i % len(levels)][i // len(levels)][0] for i in range(n)]
-    estimator = load_estimator(estimator_dir)
-    try:
-        return asyncio.run(estimator.predict(prompts))
-    finally:
-        estimator.close()
+    return [per_level[i % len(levels)][i // len(levels)][0] for i in range(n)]
 
 
 def _large_shift(
@@ -92,15 +85,21 @@ def _large_shift(
     from t2i_router.router.estimator import load_estimator
     from t2i_router.router.server import build_policy
 
+    pool = 2000
     estimator = load_estimator(estimator_dir)
     try:
         policy = build_policy(estimator, ROOT / "models", "edge_small@8", "cloud_large@20")
+        q_calib, q_before, q_after = (
+            asyncio.run(estimator.predict(_prompts(levels, n, s)))
+            for levels, n, s in (
+                (BEFORE, 512, seed + 50),
+                (BEFORE, pool, seed),
+                (AFTER, pool, seed + 10),
+            )
+        )
     finally:
         estimator.close()
-    pool = 2000
-    calib = policy.utilities(_quality(estimator_dir, BEFORE, 512, seed + 50))
-    q_before = _quality(estimator_dir, BEFORE, pool, seed)
-    q_after = _quality(estimator_dir, AFTER, pool, seed + 10)
+    calib = policy.utilities(q_calib)
     u_before, u_after = policy.utilities(q_before), policy.utilities(q_after)
     cal = calibrate_budget(lambda lam: policy.outcome(calib, lam)[0], rate, tau, 1.0, 0.05)
     after_cal = calibrate_budget(lambda lam: policy.outcome(u_after, lam)[0], rate, tau, 1.0, 1e9)

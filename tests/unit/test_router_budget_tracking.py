@@ -89,10 +89,9 @@ def mean_recovery(track_every: int, runs: int = 10, n: int = 1500) -> tuple[floa
     """Decisions until the mean lambda path is 90% recovered, and its mean over the tail."""
     paths = []
     for seed in range(runs):
-        controller, _, _, _ = shift_controller(track_every)
+        controller, _, before, after = shift_controller(track_every)
         trace = sim.run_stream(controller, two_mixes(np.random.default_rng(seed + 1), n))
         paths.append(trace.multiplier[n:])
-    _, _, before, after = shift_controller(track_every)
     path = np.mean(paths, axis=0)
     crossed = path >= before + 0.9 * (after - before)
     return (float(np.argmax(crossed)) if crossed.any() else np.inf), float(path[-300:].mean())

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import islice
 
 import numpy as np
 
@@ -109,6 +108,7 @@ class OutcomeWindow:
             raise InvalidRequest(f"window size is {size}, must be >= 1")
         self._outcome = outcome
         self._rows: deque[np.ndarray] = deque(maxlen=size)
+        self._stacked: np.ndarray | None = None  # `rows()`, until the next `add`
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -119,23 +119,26 @@ class OutcomeWindow:
         if u.ndim != 2:
             raise InvalidRequest(f"utilities have shape {u.shape}, expected (N, M)")
         self._rows.extend(u[np.isfinite(u).all(axis=1)])
+        self._stacked = None
 
     def rows(self) -> np.ndarray:
-        """The utilities kept, oldest first, (N, M)."""
+        """The utilities kept, oldest first, (N, M); stacked once per `add` (a bisection
+        evaluates `at` ~40 times on the same rows)."""
         if not self._rows:
             raise InvalidRequest("the outcome window is empty: no decisions recorded yet")
-        return np.stack(self._rows)
+        if self._stacked is None:
+            self._stacked = np.stack(self._rows)
+        return self._stacked
 
     def at(self, multiplier: float, last: int | None = None) -> tuple[float, float]:
         """(cloud share, mean cost) the policy would give at ``multiplier`` on the window, or
         on its latest ``last`` rows (the budget's tracking); raises InvalidRequest while the
         window holds fewer."""
-        if not self._rows:
-            raise InvalidRequest("the outcome window is empty: no decisions recorded yet")
+        rows = self.rows()
         if last is None:
-            return self._outcome(np.stack(self._rows), multiplier)
-        if len(self._rows) < last:
+            return self._outcome(rows, multiplier)
+        if len(rows) < last:
             raise InvalidRequest(
-                f"the outcome window holds {len(self._rows)} decisions, fewer than {last}"
+                f"the outcome window holds {len(rows)} decisions, fewer than {last}"
             )
-        return self._outcome(np.stack(list(islice(reversed(self._rows), last))), multiplier)
+        return self._outcome(rows[len(rows) - last :], multiplier)
